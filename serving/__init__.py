@@ -1,0 +1,1 @@
+"""Serve a model folder with onnxruntime, numpy and Pillow only (no torch, no fastai)."""

@@ -1,0 +1,1 @@
+"""From labels to a public image classifier. Run `python -m training --help`."""

@@ -1,0 +1,77 @@
+"""The one set of settings a run uses, shared by every stage and written next to what each stage makes."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+# The lesson's example: grizzly, black and teddy bears, searched as "<label> bear".
+DEFAULT_LABELS = ("grizzly", "black", "teddy")
+
+
+@dataclass(frozen=True)
+class Config:
+    # --- what to classify -------------------------------------------------------------------
+    name: str = "bears"
+    labels: tuple[str, ...] = DEFAULT_LABELS
+    query: str = "{label} bear"  # search template; {label} is replaced by each label
+
+    # --- data: inputs ----------------------------------------------------------------------
+    max_images: int = 150  # per label from search: about what the lesson used, enough for a good resnet18
+    urls: Path | None = None  # CSV `label,url`, or one URL a line for a single label
+    from_folder: Path | None = None  # one subfolder per label
+    archive: str | None = None  # .zip/.tgz of label folders, path or URL
+    data: Path | None = None  # defaults to data/<name>
+    search_pause: float = 1.0  # seconds between queries: image search rate-limits bursts
+    search_retries: int = 4
+
+    # --- data: download --------------------------------------------------------------------
+    allow_private_urls: bool = False  # loopback/private addresses are refused unless set (tests set it)
+    workers: int = 16  # concurrent downloads: the wait is network latency, not CPU
+    connect_timeout: float = 5.0
+    read_timeout: float = 10.0
+    deadline: float = 30.0  # whole-file limit, so a server dripping a byte a second cannot hold a worker
+    max_bytes: int = 20_000_000
+    retries: int = 3  # on 429 and 5xx only
+    max_retry_after: float = 30.0  # longest Retry-After we honour before calling it failed
+    retry_failed: bool = False  # a rerun skips URLs already tried unless this is set
+
+    # --- data: clean -----------------------------------------------------------------------
+    min_side: int = 64
+    max_side: int = 512  # training crops 224px; 512 leaves room for RandomResizedCrop
+    max_pixels: int = 40_000_000
+    near_duplicate_distance: int = 4  # perceptual-hash bits; resized/recompressed copies differ by 0-2
+    min_per_label: int = 10
+
+    # --- train -----------------------------------------------------------------------------
+    out: Path | None = None  # model folder, defaults to models/<name>
+    arch: str = "resnet18"
+    pretrained: bool = True  # --no-pretrained only for offline runs and tests
+    epochs: int = 4
+    size: int = 224
+    batch_size: int = 32
+    lr: float | None = None  # None: use the learning-rate finder's suggestion
+    seed: int = 42
+    valid_pct: float = 0.2
+    min_scale: float = 0.5  # RandomResizedCrop keeps at least half the image area
+
+    @property
+    def data_dir(self) -> Path:
+        return self.data if self.data is not None else Path("data") / self.name
+
+    @property
+    def model_dir(self) -> Path:
+        return self.out if self.out is not None else Path("models") / self.name
+
+    def replace(self, **changes) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> dict:
+        """Plain JSON-able settings, for writing next to an artifact."""
+        return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
+                for k, v in dataclasses.asdict(self).items()}
+
+    def write(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_json(), indent=2) + "\n")
