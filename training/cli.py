@@ -15,7 +15,8 @@ D = Config()  # defaults, shown by --help
 def _data_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("what to classify")
     g.add_argument("--name", default=D.name, help="dataset/model name: data/<name>, models/<name>")
-    g.add_argument("--labels", nargs="+", default=list(DEFAULT_LABELS), metavar="LABEL", help="class labels")
+    g.add_argument("--labels", nargs="+", metavar="LABEL",
+                   help=f"class labels (default: those in --urls/--from-folder/--archive; for search: {' '.join(DEFAULT_LABELS)})")
     g = p.add_argument_group("where images come from (search unless --urls/--from-folder/--archive)")
     g.add_argument("--query", default=D.query, help="image-search template; {label} is replaced by each label")
     g.add_argument("--max-images", type=int, default=D.max_images, help="search results per label")

@@ -14,7 +14,8 @@ DEFAULT_LABELS = ("grizzly", "black", "teddy")
 class Config:
     # --- what to classify -------------------------------------------------------------------
     name: str = "bears"
-    labels: tuple[str, ...] = DEFAULT_LABELS
+    # Empty means: every label the input folder/CSV/archive holds, or the lesson's bears when searching.
+    labels: tuple[str, ...] = ()
     query: str = "{label} bear"  # search template; {label} is replaced by each label
 
     # --- data: inputs ----------------------------------------------------------------------

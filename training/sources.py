@@ -1,0 +1,105 @@
+"""Turn the data stage's inputs into (label, URL or file) pairs: a URL list, a folder, or an archive.
+
+    python -m training data --urls bears.csv            # header label,url
+    python -m training data --urls grizzly.txt --labels grizzly   # one URL a line (browser export)
+    python -m training data --from-folder ~/my_photos   # one subfolder per label
+    python -m training data --archive https://example.org/bears.tgz
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import shutil
+import tarfile
+import zipfile
+from pathlib import Path
+
+from training.config import Config
+from training.errors import StageError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".jfif"}
+
+
+def read_url_list(path: Path, labels: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(label, url) pairs from a `label,url` CSV, or from a one-URL-a-line file for a single label."""
+    if not path.is_file():
+        raise StageError(f"--urls file {path} does not exist")
+    lines = path.read_text(encoding="utf-8-sig").splitlines()
+    first = lines[0].strip().lower().replace(" ", "") if lines else ""
+    if first.startswith("label,url"):
+        pairs = [(row["label"].strip(), row["url"].strip()) for row in csv.DictReader(lines) if row.get("url")]
+    else:
+        if len(labels) != 1:
+            raise StageError(f"{path} is a plain URL list, which holds one label's images: pass exactly one "
+                             "--labels NAME, or use a CSV with a header row `label,url`")
+        pairs = [(labels[0], line.strip()) for line in lines if line.strip() and not line.startswith("#")]
+    return _only_labels(pairs, labels, str(path))
+
+
+def folder_items(folder: Path, labels: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(label, file path) for every image file under folder/<label>/."""
+    if not folder.is_dir():
+        raise StageError(f"--from-folder {folder} is not a folder; it should hold one subfolder per label")
+    pairs = [(sub.name, str(f)) for sub in sorted(folder.iterdir()) if sub.is_dir() and not sub.name.startswith(".")
+             for f in sorted(sub.rglob("*")) if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
+    if not pairs:
+        raise StageError(f"no images found in {folder}: expected {folder}/<label>/<image>.jpg")
+    return _only_labels(pairs, labels, str(folder))
+
+
+def archive_items(archive: str, data_dir: Path, labels: tuple[str, ...]) -> list[tuple[str, str]]:
+    """Fetch (with fastdownload) and safely extract an archive of label folders; return its images."""
+    dest = data_dir / "archive"
+    if not dest.is_dir():
+        _extract(_fetch_archive(archive, data_dir), dest)
+    root = dest
+    # Archives often wrap the label folders in one top folder (bears/grizzly/...): step into it.
+    while len(subs := [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))]) == 1 \
+            and not any(f.is_file() for f in root.iterdir()):
+        root = subs[0]
+    return folder_items(root, labels)
+
+
+def _fetch_archive(archive: str, data_dir: Path) -> Path:
+    if Path(archive).expanduser().is_file():
+        return Path(archive).expanduser()
+    if not archive.startswith(("http://", "https://")):
+        raise StageError(f"--archive {archive!r} is neither an existing file nor an http(s) URL")
+    from fastdownload import download_url
+
+    target = data_dir / "downloads" / archive.rstrip("/").split("/")[-1]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        download_url(archive, target)
+    except OSError as exc:
+        raise StageError(f"could not fetch --archive {archive}: {exc}. Download it yourself and pass the file") from exc
+    return target
+
+
+def _extract(path: Path, dest: Path) -> None:
+    tmp = dest.with_name(dest.name + ".part")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:  # zipfile drops absolute paths and `..` from member names
+                z.extractall(tmp)
+        else:
+            with tarfile.open(path) as tar:
+                # filter="data" refuses absolute paths, links out of the folder and device files.
+                tar.extractall(tmp, filter="data")
+    except (tarfile.TarError, zipfile.BadZipFile, OSError) as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise StageError(f"could not extract {path}: {exc}. Expected a .zip or .tgz of label folders") from exc
+    tmp.replace(dest)
+
+
+def _only_labels(pairs: list[tuple[str, str]], labels: tuple[str, ...], where: str) -> list[tuple[str, str]]:
+    if not labels:
+        return pairs
+    missing = [label for label in labels if label not in {p[0] for p in pairs}]
+    if missing:
+        raise StageError(f"{where} has no images for label(s) {', '.join(map(repr, missing))}; "
+                         f"it has: {', '.join(sorted({p[0] for p in pairs}))}")
+    return [p for p in pairs if p[0] in labels]
