@@ -21,7 +21,7 @@ MAX_PIXELS = 40_000_000
 BACKGROUND = (255, 255, 255)
 # Raster formats only. Pillow can also open EPS (through Ghostscript) and others we never want to
 # parse from an untrusted upload; SVG, PDF and HTML are not images Pillow decodes at all.
-ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "MPO")
+ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")  # JPEG covers MPO (multi-picture) files too
 
 ImageSource = Union[str, os.PathLike, bytes, BinaryIO, Image.Image]
 

@@ -40,6 +40,7 @@ class _Decoded:
     byte_digest: str
     pixel_digest: str
     phash: int
+    dhash: int
 
 
 def clean_images(sources: list[Source], data_dir: Path, cfg: Config) -> list[Row]:
@@ -67,11 +68,15 @@ def _decode(index: int, src: Source, cfg: Config) -> _Decoded:
     out = io.BytesIO()
     img.save(out, "JPEG", quality=JPEG_QUALITY)
     return _Decoded(index, src, out.getvalue(), hashlib.sha256(data).hexdigest(), pixels,
-                    int(str(imagehash.phash(img)), 16))
+                    int(str(imagehash.phash(img)), 16), int(str(imagehash.dhash(img)), 16))
 
 
 def _group_same_images(decoded: list[_Decoded], max_distance: int) -> list[list[_Decoded]]:
-    """Cluster images that are the same picture: equal pixels, or perceptual hashes within max_distance."""
+    """Cluster images that are the same picture: equal pixels, or perceptual hashes within max_distance.
+
+    Both a DCT hash (phash) and a gradient hash (dhash) must agree: a resized or recompressed copy is
+    close in both, while flat, simple pictures can share one of them by chance.
+    """
     parent = list(range(len(decoded)))
 
     def root(i: int) -> int:
@@ -83,7 +88,8 @@ def _group_same_images(decoded: list[_Decoded], max_distance: int) -> list[list[
     for a in range(len(decoded)):
         for b in range(a + 1, len(decoded)):
             da, db = decoded[a], decoded[b]
-            if da.pixel_digest == db.pixel_digest or (da.phash ^ db.phash).bit_count() <= max_distance:
+            if da.pixel_digest == db.pixel_digest or (
+                    (da.phash ^ db.phash).bit_count() <= max_distance and (da.dhash ^ db.dhash).bit_count() <= max_distance):
                 parent[root(b)] = root(a)
     groups: dict[int, list[_Decoded]] = {}
     for i, d in enumerate(decoded):

@@ -1,0 +1,103 @@
+"""Find the model the app serves: a Hub repo at a pinned revision, a local folder, or the default folder.
+
+    MODEL_REPO=you/bears MODEL_REVISION=<commit sha> python app.py   # from the Hub (cached; then offline)
+    MODEL_DIR=models/cats python app.py                             # a local model folder
+    python app.py                                                   # models/bears, what `train` writes
+
+The Hub is reached only here and in the publishing code.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Protocol
+
+from serving.imaging import ImageSource
+from serving.model import Classifier, ModelFolderError
+
+log = logging.getLogger(__name__)
+DEFAULT_FOLDER = Path("models/bears")  # where `python -m training train` writes with its defaults
+SERVING_FILES = ["model.onnx", "config.json", "examples/*"]
+
+
+class Model(Protocol):
+    labels: list[str]
+    config: dict
+
+    def classify(self, image: ImageSource) -> dict[str, float]: ...
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A model ready to serve, and where it came from."""
+    model: Model
+    folder: Path
+    source: str  # "you/bears@1a2b3c4" or a folder path
+
+    @property
+    def examples(self) -> list[str]:
+        return sorted(str(p) for p in (self.folder / "examples").glob("*") if p.is_file())
+
+    @property
+    def error_rate(self) -> float | None:
+        return (self.model.config.get("metrics") or {}).get("error_rate")
+
+
+class NoModel(RuntimeError):
+    """No model could be found or loaded; the message says how to get one."""
+
+
+def load_model(env: Mapping[str, str] = os.environ) -> Loaded:
+    """Load the model named by MODEL_REPO (+ MODEL_REVISION), else MODEL_DIR, else the default folder."""
+    if env.get("MODEL_REPO"):
+        repo, revision = env["MODEL_REPO"], env.get("MODEL_REVISION") or "main"
+        folder = _download(repo, revision)
+        return Loaded(_open(folder), folder, f"{repo}@{_short(folder, revision)}")
+    folder = Path(env.get("MODEL_DIR") or DEFAULT_FOLDER)
+    if not folder.exists():
+        raise NoModel(
+            f"no model to serve: {folder} does not exist. Train one with `python -m training all` "
+            "(or `python -m training train`), or set MODEL_DIR=<model folder> or MODEL_REPO=<user/repo> "
+            "(with MODEL_REVISION=<commit sha>)")
+    return Loaded(_open(folder), folder, str(folder))
+
+
+def _download(repo: str, revision: str) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        folder = Path(snapshot_download(repo, revision=revision, allow_patterns=SERVING_FILES))
+        if not (folder / "model.onnx").exists():
+            # A repo pushed with fastai's own helpers holds only export.pkl: fetch it to serve through fastai.
+            folder = Path(snapshot_download(repo, revision=revision, allow_patterns=[*SERVING_FILES, "export.pkl"]))
+    except RepositoryNotFoundError as exc:
+        raise NoModel(f"model repo {repo!r} (revision {revision}) was not found on the Hub, or it is private: check "
+                      "MODEL_REPO and MODEL_REVISION, and set HF_TOKEN for a private repo") from exc
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
+        raise NoModel(f"could not download {repo}@{revision} and it is not in the local cache ({exc}). "
+                      "Check the network (or HF_ENDPOINT), or set MODEL_DIR to a local model folder") from exc
+    log.info("model %s@%s in %s", repo, revision, folder)
+    return folder
+
+
+def _short(folder: Path, revision: str) -> str:
+    # snapshot folders are named by the full commit sha, so a branch name still shows what is served.
+    return folder.name[:7] if len(folder.name) == 40 else revision
+
+
+def _open(folder: Path) -> Model:
+    if (folder / "model.onnx").exists() or not (folder / "export.pkl").exists():
+        try:
+            return Classifier.from_folder(folder)
+        except ModelFolderError as exc:
+            raise NoModel(str(exc)) from exc
+    from serving.fastai_model import FastaiModel, fastai_available
+
+    if not fastai_available():
+        raise NoModel(f"{folder} holds only export.pkl, which needs fastai to serve. Either `pip install -r "
+                      f"requirements-train.txt`, or convert it once with `python -m training convert "
+                      f"{folder / 'export.pkl'} --out <folder>` and serve that folder (faster, no torch)")
+    return FastaiModel(folder / "export.pkl")

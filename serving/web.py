@@ -1,0 +1,100 @@
+"""The web pieces app.py puts together: visitor-friendly errors, a safe image input, the JSON endpoint.
+
+    curl -F file=@bear.jpg http://localhost:7860/classify
+    {"label": "grizzly", "confidences": {"grizzly": 0.97, "black": 0.02, "teddy": 0.01}}
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import gradio as gr
+from fastapi import FastAPI, File, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from PIL import Image
+from pydantic import BaseModel
+
+from serving.imaging import MAX_PIXELS, ImageRejected
+from serving.loader import Model
+
+log = logging.getLogger(__name__)
+
+# What a visitor reads for each reason an upload is refused: what happened and what to do.
+MESSAGES = {
+    "empty": "That file is empty. Please upload a photo.",
+    "not_image": "That file isn't a picture this demo can read. Please upload a JPEG, PNG, WebP or GIF photo.",
+    "truncated": "That image is cut off (an incomplete upload or a damaged file). Please try another photo.",
+    "corrupt": "That image file is damaged and can't be read. Please try another photo.",
+    "too_many_pixels": f"That image has too many pixels (over {MAX_PIXELS // 1_000_000} megapixels). "
+                       "Please upload a smaller photo.",
+    "too_large": "That file is too big. Please upload a smaller photo.",
+    "busy": "The demo is busy right now. Please try again in a moment.",
+    "internal": "Something went wrong on our side. Please try again.",
+}
+STATUS = {"empty": 400, "not_image": 415, "truncated": 422, "corrupt": 422, "too_many_pixels": 413,
+          "too_large": 413, "busy": 503, "internal": 500}
+
+
+def visitor_message(exc: ImageRejected) -> str:
+    """A sentence for the visitor about why their upload was refused."""
+    return MESSAGES.get(exc.reason, MESSAGES["not_image"])
+
+
+class UploadedImage(gr.Image):
+    """gr.Image whose own decoding failures reach the visitor as a sentence, not a traceback or a path."""
+
+    is_template = True  # render with gr.Image's front end
+
+    def preprocess(self, payload):
+        try:
+            return super().preprocess(payload)
+        except Image.DecompressionBombError as exc:
+            raise gr.Error(MESSAGES["too_many_pixels"]) from exc
+        except (OSError, ValueError, SyntaxError) as exc:  # PIL's UnidentifiedImageError is an OSError
+            log.info("upload refused before classification: %s", exc)
+            raise gr.Error(MESSAGES["not_image"]) from exc
+
+
+class Prediction(BaseModel):
+    label: str
+    confidences: dict[str, float]
+
+
+class ErrorBody(BaseModel):
+    error: str
+    reason: str
+
+
+def json_api(model: Model, max_bytes: int, max_concurrent: int = 4) -> FastAPI:
+    """A FastAPI app with `POST /classify` (multipart `file`) → {"label", "confidences"}."""
+    app = FastAPI(title="Image classifier", description=f"Labels: {', '.join(model.labels)}")
+    slots = asyncio.Semaphore(max_concurrent)
+
+    @app.post("/classify", response_model=Prediction,
+              responses={code: {"model": ErrorBody} for code in sorted(set(STATUS.values()))})
+    async def classify(file: UploadFile = File(..., description="an image: JPEG, PNG, WebP, GIF, BMP or TIFF")):
+        """Classify one image; errors come back as JSON with a 4xx (or 503 when busy)."""
+        data = await file.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            return _error("too_large")
+        try:  # bounded: past this wait, say busy instead of queueing forever
+            await asyncio.wait_for(slots.acquire(), timeout=10)
+        except TimeoutError:
+            return _error("busy")
+        try:
+            probs = await run_in_threadpool(model.classify, data)
+        except ImageRejected as exc:
+            return _error(exc.reason if exc.reason in STATUS else "not_image")
+        except Exception:
+            log.exception("classification failed")  # the details stay in the server log
+            return _error("internal")
+        finally:
+            slots.release()
+        return Prediction(label=max(probs, key=probs.get), confidences=probs)
+
+    return app
+
+
+def _error(reason: str) -> JSONResponse:
+    return JSONResponse({"error": MESSAGES[reason], "reason": reason}, status_code=STATUS[reason])
