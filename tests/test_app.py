@@ -1,0 +1,129 @@
+"""app.py as a real process on loopback, reached by gradio_client (/predict) and httpx (/classify)."""
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import httpx
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+
+from serving.model import Classifier
+from serving.web import MESSAGES
+from tests.live_app import ROOT, LiveApp
+from tests.tiny_model import tiny_model  # noqa: F401
+
+# (name, bytes from the image server or a literal, reason /classify gives, reason the page gives).
+# The page can differ: Gradio's own upload handling opens the file first, and an empty file fails there.
+BAD = [
+    ("notes.txt", b"just some text, not a picture", "not_image", "not_image"),
+    ("drawing.svg", "/svg/image.svg", "not_image", "not_image"),
+    ("page.jpg", "/bad/html-as-image.jpg", "not_image", "not_image"),
+    ("empty.jpg", b"", "empty", "not_image"),
+    ("cut.jpg", "/bad/truncated.jpg", "truncated", "truncated"),
+    ("bomb.png", "/img/bomb.png", "too_many_pixels", "too_many_pixels"),
+]
+
+
+@pytest.fixture(scope="module")
+def live(tiny_model):  # noqa: F811
+    with LiveApp({"MODEL_DIR": str(tiny_model.folder), "MAX_UPLOAD_MB": "1"}) as app:
+        yield app
+
+
+@pytest.fixture(scope="module")
+def client(live):
+    return Client(live.url, verbose=False)
+
+
+@pytest.fixture
+def example(tiny_model):  # noqa: F811
+    return sorted((tiny_model.folder / "examples").glob("*"))[0]
+
+
+def _bad_file(tmp_path, image_server, name, body):
+    path = tmp_path / name
+    path.write_bytes(image_server.static(body) if isinstance(body, str) else body)
+    return path
+
+
+def test_predict_through_gradio_client(client, example, tiny_model):  # noqa: F811
+    out = client.predict(handle_file(str(example)), api_name="/predict")
+    expected = Classifier.from_folder(tiny_model.folder).classify(example)
+    assert out["label"] == max(expected, key=expected.get)
+    got = {c["label"]: c["confidence"] for c in out["confidences"]}
+    assert math.isclose(sum(got.values()), 1.0, abs_tol=1e-6)  # 3 labels: the top 3 are all of them
+    assert all(math.isclose(got[k], expected[k], abs_tol=1e-6) for k in expected)
+
+
+def test_classify_json_endpoint(live, example, tiny_model):  # noqa: F811
+    r = httpx.post(live.url + "/classify", files={"file": example.open("rb")}, timeout=30)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert set(body["confidences"]) == set(tiny_model.cfg.labels or body["confidences"])
+    assert math.isclose(sum(body["confidences"].values()), 1.0, abs_tol=1e-9)
+    assert body["label"] == max(body["confidences"], key=body["confidences"].get)
+
+
+def test_classify_is_described_in_openapi(live):
+    spec = httpx.get(live.url + "/openapi.json", timeout=10).json()
+    post = spec["paths"]["/classify"]["post"]
+    assert "multipart/form-data" in post["requestBody"]["content"]
+    assert {"200", "413", "415", "422"} <= set(post["responses"])
+
+
+@pytest.mark.parametrize("name,body,reason,page_reason", BAD)
+def test_bad_uploads_get_a_sentence_and_the_app_keeps_serving(client, live, tmp_path, image_server, example,
+                                                               name, body, reason, page_reason):
+    path = _bad_file(tmp_path, image_server, name, body)
+    with pytest.raises(AppError) as caught:
+        client.predict(handle_file(str(path)), api_name="/predict")
+    assert str(caught.value).strip('"') == MESSAGES[page_reason]
+    assert "/tmp" not in str(caught.value) and "Traceback" not in str(caught.value)
+
+    r = httpx.post(live.url + "/classify", files={"file": (name, path.read_bytes())}, timeout=30)
+    assert 400 <= r.status_code < 500
+    assert r.json() == {"error": MESSAGES[reason], "reason": reason}
+
+    assert httpx.post(live.url + "/classify", files={"file": example.open("rb")}, timeout=30).status_code == 200
+    assert client.predict(handle_file(str(example)), api_name="/predict")["label"]
+
+
+def test_uploads_over_the_cap_are_refused(client, live, tmp_path, example):
+    big = tmp_path / "big.jpg"
+    big.write_bytes(example.read_bytes() + b"\0" * 1_100_000)  # MAX_UPLOAD_MB=1 for this app
+    r = httpx.post(live.url + "/classify", files={"file": big.open("rb")}, timeout=30)
+    assert (r.status_code, r.json()["reason"]) == (413, "too_large")
+    with pytest.raises(Exception):
+        client.predict(handle_file(str(big)), api_name="/predict")
+    assert httpx.post(live.url + "/classify", files={"file": example.open("rb")}, timeout=30).status_code == 200
+
+
+def test_page_names_the_labels_error_rate_and_source(live, tiny_model):  # noqa: F811
+    config = httpx.get(live.url + "/config", timeout=10).text
+    for label in ("circle", "square", "triangle"):
+        assert label in config
+    assert "Validation error rate" in config and str(tiny_model.folder) in config
+
+
+def test_internal_details_stay_in_the_server_log(live, tmp_path, image_server):
+    path = _bad_file(tmp_path, image_server, "cut.jpg", "/bad/truncated.jpg")
+    r = httpx.post(live.url + "/classify", files={"file": path.open("rb")}, timeout=30)
+    assert "Traceback" not in r.text and "serving/" not in r.text
+
+
+def test_serving_path_imports_neither_torch_nor_fastai(tiny_model):  # noqa: F811
+    code = "import sys, app; bad = {'torch', 'fastai'} & set(sys.modules); assert not bad, bad; print(app.model.labels)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env={**LiveApp({}).env, "MODEL_DIR": str(tiny_model.folder)})
+    assert out.returncode == 0, out.stderr
+    assert "circle" in out.stdout
+
+
+def test_no_model_exits_with_what_to_do(tmp_path):
+    out = subprocess.run([sys.executable, "app.py"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env={**LiveApp({}).env, "MODEL_DIR": str(tmp_path / "nowhere")})
+    assert out.returncode != 0
+    assert "python -m training all" in out.stderr and "MODEL_REPO" in out.stderr

@@ -1,0 +1,40 @@
+"""app.py in headless Chromium: upload an example, submit, read the top label off the page."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from serving.model import Classifier
+from tests.live_app import ROOT, LiveApp
+from tests.tiny_model import tiny_model  # noqa: F401
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SCREENSHOTS = ROOT / "tests" / "artifacts"  # kept after the run (git-ignored) so a person can look
+
+
+@pytest.fixture(scope="module")
+def browser():
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                    args=["--no-sandbox", "--disable-background-networking"])
+        yield browser
+        browser.close()
+
+
+def test_upload_submit_and_read_the_top_label(browser, tiny_model):  # noqa: F811
+    example = sorted((tiny_model.folder / "examples").glob("*"))[0]
+    probs = Classifier.from_folder(tiny_model.folder).classify(example)
+    with LiveApp({"MODEL_DIR": str(tiny_model.folder)}) as app:
+        page = browser.new_page()
+        page.goto(app.url, wait_until="networkidle")
+        page.locator("input[type=file]").first.set_input_files(str(example))
+        page.get_by_role("button", name="Submit").click()
+        top = page.get_by_test_id("label-output-value")
+        top.wait_for(timeout=30_000)
+        SCREENSHOTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / "app_prediction.png"), full_page=True)
+        assert top.inner_text().strip() == max(probs, key=probs.get)
+        for label in probs:
+            assert page.get_by_test_id(f"{label}-confidence-set").is_visible()

@@ -1,0 +1,52 @@
+"""app.py pulling its model from a (stand-in) Hub at a pinned revision, then starting offline from the cache."""
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.hub_server import StandInHub
+from tests.live_app import LiveApp
+from tests.tiny_model import tiny_model  # noqa: F401
+
+REPO = "alice/tiny-shapes"
+
+
+def _model_files(folder) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def _resolves(hub: StandInHub, name: str) -> int:
+    return sum(1 for r in hub.requests if r.method == "GET" and "/resolve/" in r.path
+               and r.path.split("?")[0].endswith(f"/{name}") and 0 < r.status < 400)
+
+
+def test_app_downloads_the_pinned_revision_once_then_starts_offline(tiny_model, tmp_path):  # noqa: F811
+    example = sorted((tiny_model.folder / "examples").glob("*"))[0]
+    with StandInHub() as hub:
+        hub.create("model", REPO)
+        pinned = hub.commit("model", REPO, _model_files(tiny_model.folder), "the model we want")
+        # a later commit on main must not be what the app serves
+        hub.commit("model", REPO, {"config.json": b"{}"}, "a broken later commit")
+        env = {**hub.client_env(tmp_path / "hf"), "MODEL_REPO": REPO, "MODEL_REVISION": pinned}
+        with LiveApp(env) as app:
+            r = httpx.post(app.url + "/classify", files={"file": example.open("rb")}, timeout=30)
+            assert r.status_code == 200, r.text
+            page = httpx.get(app.url + "/config", timeout=10).text
+            assert f"{REPO}@{pinned[:7]}" in page
+        assert _resolves(hub, "model.onnx") == 1
+        assert _resolves(hub, "export.pkl") == 0  # the ONNX path never fetches the pickle
+        online_answer = r.json()
+
+    # The Hub is gone: the cached snapshot must be enough.
+    env = {**hub.client_env(tmp_path / "hf", offline=True), "MODEL_REPO": REPO, "MODEL_REVISION": pinned}
+    with LiveApp(env) as app:
+        r = httpx.post(app.url + "/classify", files={"file": example.open("rb")}, timeout=30)
+        assert r.json() == online_answer
+
+
+def test_unknown_repo_exits_with_a_message(tmp_path):
+    with StandInHub() as hub:
+        env = {**hub.client_env(tmp_path / "hf"), "MODEL_REPO": "alice/nope", "MODEL_REVISION": "main"}
+        with pytest.raises(RuntimeError, match="was not found on the Hub"):
+            with LiveApp(env, startup_timeout=60):
+                pass
