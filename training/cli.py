@@ -10,20 +10,21 @@ from training.errors import StageError
 
 log = logging.getLogger("training")
 D = Config()  # defaults, shown by --help
+S = argparse.SUPPRESS  # flags without a default: absent from args, so Config's default applies
 
 
 def _data_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("what to classify")
     g.add_argument("--name", default=D.name, help="dataset/model name: data/<name>, models/<name>")
-    g.add_argument("--labels", nargs="+", metavar="LABEL",
+    g.add_argument("--labels", nargs="+", metavar="LABEL", default=S,
                    help=f"class labels (default: those in --urls/--from-folder/--archive; for search: {' '.join(DEFAULT_LABELS)})")
     g = p.add_argument_group("where images come from (search unless --urls/--from-folder/--archive)")
     g.add_argument("--query", default=D.query, help="image-search template; {label} is replaced by each label")
     g.add_argument("--max-images", type=int, default=D.max_images, help="search results per label")
-    g.add_argument("--urls", type=Path, help="CSV with header label,url; or a text file, one URL a line, for one label")
-    g.add_argument("--from-folder", type=Path, help="a folder with one subfolder of images per label")
-    g.add_argument("--archive", help="a .zip/.tgz of label folders, as a path or URL")
-    g.add_argument("--data", type=Path, help="dataset folder (default: data/<name>)")
+    g.add_argument("--urls", type=Path, default=S, help="CSV with header label,url; or a text file, one URL a line, for one label")
+    g.add_argument("--from-folder", type=Path, default=S, help="a folder with one subfolder of images per label")
+    g.add_argument("--archive", default=S, help="a .zip/.tgz of label folders, as a path or URL")
+    g.add_argument("--data", type=Path, default=S, help="dataset folder (default: data/<name>)")
     g = p.add_argument_group("download and clean")
     g.add_argument("--workers", type=int, default=D.workers, help="concurrent downloads")
     g.add_argument("--deadline", type=float, default=D.deadline, help="seconds allowed for one whole file")
@@ -39,15 +40,15 @@ def _train_flags(p: argparse.ArgumentParser, *, with_name: bool) -> None:
     g = p.add_argument_group("training")
     if with_name:
         g.add_argument("--name", default=D.name, help="dataset/model name: data/<name>, models/<name>")
-        g.add_argument("--data", type=Path, help="dataset folder made by `data` (default: data/<name>)")
-    g.add_argument("--out", type=Path, help="model folder to write (default: models/<name>)")
+        g.add_argument("--data", type=Path, default=S, help="dataset folder made by `data` (default: data/<name>)")
+    g.add_argument("--out", type=Path, default=S, help="model folder to write (default: models/<name>)")
     g.add_argument("--arch", default=D.arch, help="resnet18/34/50, or any timm model name")
-    g.add_argument("--no-pretrained", dest="pretrained", action="store_false",
+    g.add_argument("--no-pretrained", dest="pretrained", action="store_false", default=S,
                    help="start from random weights (offline runs and tests; much less accurate)")
     g.add_argument("--epochs", type=int, default=D.epochs, help="fine-tuning epochs")
     g.add_argument("--size", type=int, default=D.size, help="input size in pixels")
     g.add_argument("--batch-size", type=int, default=D.batch_size, help="images per batch")
-    g.add_argument("--lr", type=float, default=None, help="learning rate (default: the learning-rate finder's suggestion)")
+    g.add_argument("--lr", type=float, default=S, help="learning rate (default: the learning-rate finder's suggestion)")
     g.add_argument("--seed", type=int, default=D.seed, help="seed for the validation split and training")
     g.add_argument("--valid-pct", type=float, default=D.valid_pct, help="share of images held out for validation")
 
@@ -67,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", formatter_class=fmt, help="fine-tune, evaluate and export a model folder",
                        description="Fine-tune a resnet on data/<name>/images and write models/<name>/.")
     _train_flags(p, with_name=True)
+
+    p = sub.add_parser("all", formatter_class=fmt, help="data → train → serve, skipping stages already up to date",
+                       description="The whole job: build the dataset, train, then serve the model with app.py. "
+                                   "Each stage is skipped when its output is up to date with these settings.")
+    _data_flags(p)
+    _train_flags(p, with_name=False)
+    p.add_argument("--no-serve", dest="serve", action="store_false", help="stop after training")
 
     p = sub.add_parser("convert", formatter_class=fmt, help="turn an existing export.pkl into a model folder",
                        description="Convert a fastai export.pkl (e.g. from the course notebook) to model.onnx + config.json.")
@@ -107,6 +115,9 @@ def _run(args: argparse.Namespace) -> int:
     elif args.stage == "train":
         from training.train import train
         train(config_from_args(args))
+    elif args.stage == "all":
+        from training.pipeline import run_all
+        run_all(config_from_args(args), serve=args.serve)
     elif args.stage == "convert":
         from training.convert import convert
         convert(args.export_pkl, args.out, size=args.size)

@@ -49,6 +49,7 @@ def build_dataset(cfg: Config, engine: SearchEngine | None = None, allow_address
         rows[i] = row
 
     write_manifest(rows, data_dir / "manifest.csv")  # type: ignore[arg-type]
+    cfg.write(data_dir / "settings.json")  # how this folder was made
     summary = _summarise(rows, labels, cfg)  # type: ignore[arg-type]
     (data_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     _log_summary(summary, data_dir)

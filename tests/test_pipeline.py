@@ -1,0 +1,61 @@
+"""`python -m training all` (training/pipeline.py) as a real command: stages run, skip when up to date, serve."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from tests.live_app import ROOT, LiveApp
+from tests.tiny_model import make_images
+
+FAST = ["--no-pretrained", "--epochs", "1", "--size", "64", "--batch-size", "16", "--lr", "3e-3",
+        "--min-per-label", "5"]
+
+
+def _all(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "training", "all", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    return make_images(tmp_path_factory.mktemp("photos"), per_label=12) / "images"
+
+
+def test_all_runs_each_stage_then_skips_what_is_up_to_date(photos, tmp_path):
+    args = ["--from-folder", str(photos), "--data", str(tmp_path / "data"), "--out", str(tmp_path / "model"),
+            "--no-serve", *FAST]
+    first = _all(*args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "data: 36 of 36 images kept" in first.stderr and "trained resnet18" in first.stderr
+    onnx = tmp_path / "model" / "model.onnx"
+    made = onnx.stat().st_mtime_ns
+
+    again = _all(*args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "data: " in again.stderr and "is up to date" in again.stderr
+    assert "train: " in again.stderr and "skipping" in again.stderr and "trained resnet18" not in again.stderr
+    assert onnx.stat().st_mtime_ns == made
+
+    changed = _all(*[a if a != "1" else "2" for a in args])  # --epochs 2: only training reruns
+    assert changed.returncode == 0, changed.stderr[-3000:]
+    assert "data: " in changed.stderr and "up to date" in changed.stderr and "trained resnet18" in changed.stderr
+
+
+def test_all_serves_what_it_trained(photos, tmp_path):
+    command = [sys.executable, "-m", "training", "all", "--from-folder", str(photos), "--data", str(tmp_path / "d"),
+               "--out", str(tmp_path / "m"), *FAST]
+    with LiveApp({}, command=command, startup_timeout=400) as app:
+        example = next(photos.glob("circle/*.jpg"))
+        r = httpx.post(app.url + "/classify", files={"file": example.open("rb")}, timeout=30)
+        assert r.status_code == 200 and set(r.json()["confidences"]) == {"circle", "square", "triangle"}
+
+
+def test_all_offline_stops_at_search_with_a_clear_message(tmp_path):
+    out = _all("--data", str(tmp_path / "bears"), "--no-serve", timeout=300)
+    assert out.returncode == 2
+    assert "image search for 'grizzly bear' failed" in out.stderr and "--urls" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "bears" / "images").exists()

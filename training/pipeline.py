@@ -1,0 +1,81 @@
+"""The whole job in one command: data → train → serve, skipping each stage whose output is up to date.
+
+    python -m training all                              # the lesson's bears, then the app on :7860
+    python -m training all --labels cat dog --query "{label} photo" --no-serve
+
+It stops at the first stage that fails, with that stage's message.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from training.config import Config
+
+log = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parents[1]  # where app.py lives
+
+# The settings that change what each stage makes; the others (timeouts, workers) only change how fast.
+DATA_KEYS = ("name", "labels", "query", "max_images", "urls", "from_folder", "archive", "data", "allow_private_urls",
+             "max_bytes", "min_side", "max_side", "max_pixels", "near_duplicate_distance", "min_per_label")
+TRAIN_KEYS = ("arch", "pretrained", "epochs", "size", "seed", "valid_pct", "min_scale")
+
+
+def run_all(cfg: Config, serve: bool = True) -> Path:
+    """Run each stage that is out of date, then serve the model folder with app.py unless serve=False."""
+    if _data_up_to_date(cfg):
+        log.info("data: %s is up to date with these settings; skipping", cfg.data_dir)
+    else:
+        from training.data import build_dataset
+        build_dataset(cfg)
+    if _model_up_to_date(cfg):
+        log.info("train: %s is newer than the data and was made with these settings; skipping", cfg.model_dir)
+    else:
+        from training.train import train
+        train(cfg)
+    if serve:
+        _serve(cfg.model_dir)
+    return cfg.model_dir
+
+
+def _data_up_to_date(cfg: Config) -> bool:
+    saved = _read_json(cfg.data_dir / "settings.json")
+    summary = _read_json(cfg.data_dir / "summary.json")
+    if not saved or not summary or cfg.retry_failed:
+        return False
+    enough = all(c["kept"] >= cfg.min_per_label for c in summary["labels"].values())
+    return enough and all(saved.get(k) == cfg.to_json()[k] for k in DATA_KEYS)
+
+
+def _model_up_to_date(cfg: Config) -> bool:
+    settings = cfg.model_dir / "settings.json"
+    saved = _read_json(settings)
+    if not saved or not (cfg.model_dir / "model.onnx").exists():
+        return False
+    same = all(saved.get(k) == cfg.to_json()[k] for k in TRAIN_KEYS)
+    same = same and (cfg.lr is None or saved.get("lr") == cfg.lr) and saved.get("data") == str(cfg.data_dir)
+    return same and settings.stat().st_mtime >= _newest_data_change(cfg.data_dir)
+
+
+def _newest_data_change(data_dir: Path) -> float:
+    paths = [data_dir / "manifest.csv", *(data_dir / "images").glob("*"), *(data_dir / "images").glob("*/*")]
+    return max((p.stat().st_mtime for p in paths if p.exists()), default=0.0)
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _serve(model_dir: Path) -> None:
+    env = {**os.environ, "MODEL_DIR": str(model_dir.resolve())}
+    env.pop("MODEL_REPO", None)  # serve what was just trained, not a Hub repo from the shell
+    log.info("serving %s with app.py on http://localhost:%s (Ctrl-C stops)", model_dir,
+             env.get("GRADIO_SERVER_PORT", "7860"))
+    subprocess.run([sys.executable, str(ROOT / "app.py")], cwd=ROOT, env=env, check=False)
