@@ -29,7 +29,9 @@ class Config:
 
     # --- data: download --------------------------------------------------------------------
     allow_private_urls: bool = False  # loopback/private addresses are refused unless set (tests set it)
-    workers: int = 16  # concurrent downloads: the wait is network latency, not CPU
+    # Concurrent downloads. The wait is network latency, not CPU, and search results spread over many
+    # hosts, so 32 keeps each host's share small while hiding the round trips (bench/download.py).
+    workers: int = 32
     connect_timeout: float = 5.0
     read_timeout: float = 10.0
     deadline: float = 30.0  # whole-file limit, so a server dripping a byte a second cannot hold a worker
@@ -56,6 +58,14 @@ class Config:
     seed: int = 42
     valid_pct: float = 0.2
     min_scale: float = 0.5  # RandomResizedCrop keeps at least half the image area
+
+    # --- publish ---------------------------------------------------------------------------
+    repo_id: str | None = None  # Hub model repo "user/name"; `all` publishes only when it is set
+    space: str | None = None  # Hub Space "user/name" serving repo_id; `all` deploys only when it is set
+    private: bool = False  # applies to the model repo and the Space when they are created, never after
+    # The trained weights' licence. The web images they learned from keep their owners' rights (see the card).
+    license: str = "apache-2.0"
+    hardware: str | None = None  # Space hardware; None keeps what the Space has (free cpu-basic when new)
 
     @property
     def data_dir(self) -> Path:
