@@ -1,4 +1,5 @@
-"""The public demo: upload a photo, get the model's top labels. Also an API and a JSON endpoint.
+"""The public demo: upload a photo, get the model's top labels. Also an API and a JSON endpoint, and a
+second tab, "How training works", that shows stochastic gradient descent fitting a line (lesson 2's second half).
 
     python app.py                                        # http://localhost:7860
     MODEL_REPO=you/bears MODEL_REVISION=<sha> python app.py
@@ -14,6 +15,7 @@ import gradio as gr
 
 from serving.imaging import ImageRejected
 from serving.loader import NoModel, load_model
+from serving.sgd_tab import build_sgd_tab
 from serving.web import UploadedImage, json_api, visitor_message
 
 log = logging.getLogger("app")
@@ -52,7 +54,8 @@ classifier_tab = gr.Interface(
     flagging_mode="never",
     api_name="predict",
 )
-demo = gr.TabbedInterface([classifier_tab], ["Classify"])
+sgd_tab = build_sgd_tab()
+demo = gr.TabbedInterface([classifier_tab, sgd_tab], ["Classify", "How training works"])
 demo.queue(max_size=64, default_concurrency_limit=2)  # bounded: past 64 waiting, visitors are told it's busy
 
 app = gr.mount_gradio_app(
