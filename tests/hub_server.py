@@ -9,7 +9,7 @@
 It is a real HTTP server (ThreadingHTTPServer on 127.0.0.1, port 0) that answers the routes the installed
 `huggingface_hub` 2.4 calls: whoami, repo create/info/tree/commits/refs, preupload, the git-LFS batch API with
 a PUT upload and a verify call, the ndjson commit API, `resolve` downloads (HEAD and GET, with ranges), README
-YAML validation and Space variables, secrets and runtime. State lives in memory and is inspected with
+YAML validation and Space variables, secrets, runtime and hardware. State lives in memory and is inspected with
 `.repo()`, `.commits()`, `.files()`, `.variables()` and `.requests`; `.create()` and `.commit()` seed repos
 without HTTP (e.g. a model for the app to download). Run its own tests with
 `python -m pytest tests/test_hub_server.py -q`.
@@ -67,6 +67,11 @@ SPACE_REFUSAL_MESSAGE = (
     "Cannot create a {sdk} Space on free cpu-basic hardware: this account needs a PRO subscription, or a payment "
     "method and credits to use paid hardware. Static Spaces are free."
 )
+HARDWARE_REFUSAL_MESSAGE = (
+    "Cannot use {hardware} hardware: this account has no payment method. Add one and buy credits to use paid "
+    "hardware, or use the free cpu-basic."
+)
+FREE_HARDWARE = "cpu-basic"
 XET_REFUSAL_MESSAGE = (
     "The stand-in Hub does not speak Xet. Set HF_HUB_DISABLE_XET=1 before huggingface_hub is first imported "
     "(or patch huggingface_hub.constants.HF_HUB_DISABLE_XET) so uploads take the classic LFS path."
@@ -134,6 +139,7 @@ class HubRepo:
     lfs_objects: dict[str, bytes] = field(default_factory=dict)
     variables: dict[str, dict] = field(default_factory=dict)
     secrets: dict[str, dict] = field(default_factory=dict)
+    hardware: str | None = None  # Spaces only: the hardware requested, cpu-basic unless asked otherwise
 
     @property
     def head(self) -> HubCommit:
@@ -324,6 +330,7 @@ _ROUTES: list[Route] = [
         ("POST", rf"/api/(?P<kinds>spaces)/{_REPO}/secrets", "add_secret"),
         ("DELETE", rf"/api/(?P<kinds>spaces)/{_REPO}/secrets", "delete_secret"),
         ("GET", rf"/api/(?P<kinds>spaces)/{_REPO}/runtime", "runtime"),
+        ("POST", rf"/api/(?P<kinds>spaces)/{_REPO}/hardware", "request_hardware"),
         ("POST", rf"{_GIT_REPO}\.git/info/lfs/objects/batch", "lfs_batch"),
         ("POST", rf"{_GIT_REPO}\.git/info/lfs/objects/verify", "lfs_verify"),
         ("GET", rf"{_GIT_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)", "resolve"),
@@ -431,8 +438,12 @@ class StandInHub:
         refuse_space_creation: bool = False,
         drop_upload_after_bytes: int | None = None,
         lfs_threshold_bytes: int = DEFAULT_LFS_THRESHOLD_BYTES,
+        paid_hardware: bool = False,
     ):
         """`tokens` maps token -> user name.
+
+        `paid_hardware=False` refuses (403) any Space hardware but the free cpu-basic, on creation or on request,
+        as the Hub does for an account without a payment method.
 
         `drop_upload_after_bytes=N` resets the connection once N bytes of an LFS PUT have arrived, so the object
         is never stored and no commit can use it. Upload URLs are single-use (like a signed URL that expired), so
@@ -442,6 +453,7 @@ class StandInHub:
         self.refuse_space_creation = refuse_space_creation
         self.drop_upload_after_bytes = drop_upload_after_bytes
         self.lfs_threshold_bytes = lfs_threshold_bytes
+        self.paid_hardware = paid_hardware
         self.requests: list[SeenRequest] = []
         self.dropped_uploads = 0
         self._repos: dict[tuple[str, str], HubRepo] = {}
@@ -534,6 +546,7 @@ class StandInHub:
         """Create a repo directly (no HTTP), with the Hub's initial commit."""
         with self._lock:
             repo = HubRepo(kind, repo_id, private, sdk if kind == "space" else None, _now())
+            repo.hardware = FREE_HARDWARE if kind == "space" else None
             self._repos[(kind, repo_id)] = repo
             self._append_commit(repo, repo.owner, "initial commit", "", _initial_files(repo), ())
             return repo
@@ -649,8 +662,12 @@ class StandInHub:
                 raise HubError(409, f"You already created this {kind} repo", extra={"url": url})
             if kind == "space" and self.refuse_space_creation:
                 raise HubError(403, SPACE_REFUSAL_MESSAGE.format(sdk=payload.get("sdk")))
+            if kind == "space" and payload.get("hardware"):
+                self._check_hardware(payload["hardware"])
             private = payload.get("visibility", "private" if payload.get("private") else "public") != "public"
             repo = self.create(kind, repo_id, private=private, sdk=payload.get("sdk"))
+            if kind == "space":
+                repo.hardware = payload.get("hardware") or FREE_HARDWARE
             for item in payload.get("variables") or []:
                 repo.variables[item["key"]] = _variable(item)
             for item in payload.get("secrets") or []:
@@ -930,6 +947,20 @@ class StandInHub:
         with self._lock:
             return _Reply.json(_runtime(self._readable(call, kind, repo)))
 
+    def _on_request_hardware(self, call: _Call, kind: str, repo: str) -> _Reply:
+        flavor = (call.json() or {}).get("flavor")
+        with self._lock:
+            stored, _ = self._writable(call, kind, repo)
+            self._check_hardware(flavor)
+            stored.hardware = flavor
+            return _Reply.json(_runtime(stored))
+
+    def _check_hardware(self, flavor: Any) -> None:
+        if not isinstance(flavor, str) or not flavor:
+            raise HubError(400, "hardware must be a flavor name such as cpu-basic")
+        if flavor != FREE_HARDWARE and not self.paid_hardware:
+            raise HubError(403, HARDWARE_REFUSAL_MESSAGE.format(hardware=flavor))
+
     def _on_xet(self, call: _Call, **_: str) -> _Reply:
         raise HubError(501, XET_REFUSAL_MESSAGE)
 
@@ -961,7 +992,7 @@ def _runtime(repo: HubRepo) -> dict:
     stage = "RUNNING" if repo.sdk == "static" or app_file in repo.head.tree else "NO_APP_FILE"
     return {
         "stage": stage,
-        "hardware": {"current": "cpu-basic" if stage == "RUNNING" else None, "requested": "cpu-basic"},
+        "hardware": {"current": repo.hardware if stage == "RUNNING" else None, "requested": repo.hardware},
         "gcTimeout": 172800,
         "storage": None,
         "devMode": False,

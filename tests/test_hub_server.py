@@ -20,7 +20,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from tests.hub_server import SPACE_REFUSAL_MESSAGE, StandInHub
+from tests.hub_server import HARDWARE_REFUSAL_MESSAGE, SPACE_REFUSAL_MESSAGE, StandInHub
 
 TOKEN = "hf_good"
 MODEL = "alice/bears"
@@ -223,6 +223,26 @@ def test_refused_space_creation_is_403_with_the_reason():
         assert raised.value.response.status_code == 403
         assert SPACE_REFUSAL_MESSAGE.format(sdk="gradio") in str(raised.value)
         assert api.create_repo(MODEL).repo_id == MODEL  # only Spaces are refused
+
+
+@pytest.mark.parametrize("paid", [False, True], ids=["free-account", "paying-account"])
+def test_paid_space_hardware_needs_a_paying_account(paid):
+    with StandInHub(tokens={TOKEN: "alice"}, paid_hardware=paid) as hub:
+        api = HfApi(endpoint=hub.endpoint, token=TOKEN)
+        api.create_repo(SPACE, repo_type="space", space_sdk="gradio")
+        assert api.get_space_runtime(SPACE).requested_hardware == "cpu-basic"
+
+        for ask in (lambda: api.request_space_hardware(SPACE, "t4-small"),
+                    lambda: api.create_repo("alice/gpu-app", repo_type="space", space_sdk="gradio",
+                                            space_hardware="t4-small")):
+            if paid:
+                ask()
+            else:
+                with pytest.raises(HfHubHTTPError, match=HARDWARE_REFUSAL_MESSAGE.format(hardware="t4-small")) as raised:
+                    ask()
+                assert raised.value.response.status_code == 403
+        assert hub.repo("space", SPACE).hardware == ("t4-small" if paid else "cpu-basic")
+        assert api.repo_exists("alice/gpu-app", repo_type="space") == paid
 
 
 def test_dropped_upload_raises_and_leaves_the_repo_at_its_previous_commit(model_folder):

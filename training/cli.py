@@ -53,6 +53,27 @@ def _train_flags(p: argparse.ArgumentParser, *, with_name: bool) -> None:
     g.add_argument("--valid-pct", type=float, default=D.valid_pct, help="share of images held out for validation")
 
 
+def _hub_flags(p: argparse.ArgumentParser, *, in_all: bool) -> None:
+    g = p.add_argument_group("publish to the Hugging Face Hub (token from HF_TOKEN or `hf auth login`)")
+    if in_all:
+        g.add_argument("--repo-id", default=S, metavar="NS/NAME",
+                       help="model repo to publish to after training (default: don't publish)")
+        g.add_argument("--space", default=S, metavar="NS/NAME",
+                       help="Gradio Space to deploy the published model to (needs --repo-id; default: don't deploy)")
+    g.add_argument("--private", action="store_true", help="create the repo private (an existing repo keeps its visibility)")
+    g.add_argument("--license", default=D.license, help="license in the card's metadata (a Hub license id)")
+    if in_all:
+        g.add_argument("--hardware", default=S, help="Space hardware, e.g. cpu-upgrade (default: the Space's own, "
+                                                     "free cpu-basic when new)")
+
+
+def _dry_run_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("dry run")
+    g.add_argument("--dry-run", action="store_true", help="write the files that would be uploaded to --out; contact nobody")
+    g.add_argument("--out", dest="dry_run_out", type=Path, metavar="DIR", default=None,
+                   help="new or empty folder for --dry-run")
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
     parser = argparse.ArgumentParser(
@@ -69,12 +90,51 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Fine-tune a resnet on data/<name>/images and write models/<name>/.")
     _train_flags(p, with_name=True)
 
-    p = sub.add_parser("all", formatter_class=fmt, help="data → train → serve, skipping stages already up to date",
-                       description="The whole job: build the dataset, train, then serve the model with app.py. "
-                                   "Each stage is skipped when its output is up to date with these settings.")
+    p = sub.add_parser("all", formatter_class=fmt,
+                       help="data → train (→ publish → deploy) → serve, skipping stages already up to date",
+                       description="The whole job: build the dataset, train, publish with --repo-id, deploy the "
+                                   "published revision with --space, then serve the model with app.py. Data and "
+                                   "training are skipped when their output is up to date with these settings.")
     _data_flags(p)
     _train_flags(p, with_name=False)
-    p.add_argument("--no-serve", dest="serve", action="store_false", help="stop after training")
+    _hub_flags(p, in_all=True)
+    p.add_argument("--no-serve", dest="serve", action="store_false", help="stop after training (and publishing)")
+
+    p = sub.add_parser("publish", formatter_class=fmt, help="push a model folder and its model card to a Hub model repo",
+                       description="Upload model.onnx, config.json, export.pkl, the report, examples/ and a model card "
+                                   "to a Hub model repo in one commit; print the commit sha.")
+    p.add_argument("model_dir", type=Path, metavar="MODEL_DIR", help="model folder made by `train`, e.g. models/bears")
+    p.add_argument("--repo-id", required=True, metavar="NS/NAME", help="model repo, created if missing")
+    p.add_argument("--space", default=S, metavar="NS/NAME", help="the Space serving it, named in the card's examples")
+    _hub_flags(p, in_all=False)
+    _dry_run_flags(p)
+
+    p = sub.add_parser("deploy", formatter_class=fmt, help="create or update the Gradio Space serving a published model",
+                       description="Upload app.py, requirements.txt, serving/ and the examples to a Gradio Space, set "
+                                   "MODEL_REPO and MODEL_REVISION, and print the Space's URL.")
+    p.add_argument("--space", required=True, metavar="NS/NAME", help="Space to create or update")
+    p.add_argument("--model-repo", dest="repo_id", required=True, metavar="NS/NAME", help="model repo it serves")
+    p.add_argument("--revision", required=True, metavar="SHA", help="the commit sha `publish` printed")
+    p.add_argument("--allow-branch", action="store_true",
+                   help="accept a branch for --revision: the demo then changes with every publish")
+    p.add_argument("--hardware", default=S, help="Space hardware, e.g. cpu-upgrade (default: keep the Space's own, "
+                                                 "free cpu-basic when new)")
+    p.add_argument("--model-dir", type=Path, default=None,
+                   help="with --dry-run: the published model folder, for its labels and examples")
+    _hub_flags(p, in_all=False)
+    _dry_run_flags(p)
+
+    p = sub.add_parser("review", formatter_class=fmt, help="fix the data on a local page, hardest images first",
+                       description="A local page showing the images the model finds hardest, by loss, for a label and "
+                                   "split. Keep, delete (to DATA/trash/) or relabel each, with undo; changes go to "
+                                   "DATA/images and are recorded in DATA/manifest.csv and DATA/review.csv, which "
+                                   "reruns of `data` honour. Train again afterwards to use the cleaned data.")
+    p.add_argument("out", type=Path, metavar="MODEL_DIR", help="model folder made by `train`, e.g. models/bears")
+    p.add_argument("--data", type=Path, default=S, metavar="DIR",
+                   help="the data folder the model was trained on (default: the one MODEL_DIR/settings.json names)")
+    p.add_argument("--port", dest="review_port", type=int, default=D.review_port, metavar="PORT", help="port of the page on 127.0.0.1")
+    p.add_argument("--count", dest="review_count", type=int, default=D.review_count, metavar="N",
+                   help="images shown per label and split, hardest first")
 
     p = sub.add_parser("convert", formatter_class=fmt, help="turn an existing export.pkl into a model folder",
                        description="Convert a fastai export.pkl (e.g. from the course notebook) to model.onnx + config.json.")
@@ -93,10 +153,19 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return Config(**values)
 
 
+def _dry_run_out(args: argparse.Namespace) -> Path | None:
+    """--out when --dry-run is given; both or neither."""
+    if args.dry_run != (args.dry_run_out is not None):
+        raise StageError("--dry-run and --out DIR go together: --dry-run writes the files it would upload to DIR")
+    return args.dry_run_out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        logging.getLogger("httpx2").setLevel(logging.WARNING)  # huggingface_hub's client: one line per request
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per downloaded URL drowns the summary
     try:
         return _run(args)
@@ -119,6 +188,20 @@ def _run(args: argparse.Namespace) -> int:
     elif args.stage == "all":
         from training.pipeline import run_all
         run_all(config_from_args(args), serve=args.serve)
+    elif args.stage == "publish":
+        from training.publish import publish
+        sha = publish(args.model_dir, config_from_args(args), dry_run_out=_dry_run_out(args))
+        if sha:
+            print(sha)  # alone on stdout, so `SHA=$(python -m training publish ...)` works
+    elif args.stage == "deploy":
+        from training.deploy import deploy
+        url = deploy(config_from_args(args), args.revision, allow_branch=args.allow_branch, model_dir=args.model_dir,
+                     dry_run_out=_dry_run_out(args))
+        if url:
+            print(url)
+    elif args.stage == "review":
+        from training.review import review
+        review(config_from_args(args))
     elif args.stage == "convert":
         from training.convert import convert
         convert(args.export_pkl, args.out, size=args.size)

@@ -62,10 +62,16 @@ class Config:
     # --- publish ---------------------------------------------------------------------------
     repo_id: str | None = None  # Hub model repo "user/name"; `all` publishes only when it is set
     space: str | None = None  # Hub Space "user/name" serving repo_id; `all` deploys only when it is set
-    private: bool = False  # applies to the model repo and the Space when they are created, never after
+    # Visibility is set only when a repo is created, so --private refuses to upload into an existing public one.
+    private: bool = False
     # The trained weights' licence. The web images they learned from keep their owners' rights (see the card).
     license: str = "apache-2.0"
     hardware: str | None = None  # Space hardware; None keeps what the Space has (free cpu-basic when new)
+
+    # --- review ----------------------------------------------------------------------------
+    review_port: int = 7861  # next to the app's 7860, so the demo and the review page can run side by side
+    # Hardest images shown per label and split: about a screenful. Fixing them and training again brings up the next.
+    review_count: int = 24
 
     @property
     def data_dir(self) -> Path:

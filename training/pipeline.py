@@ -1,9 +1,11 @@
-"""The whole job in one command: data → train → serve, skipping each stage whose output is up to date.
+"""The whole job in one command: data → train → publish → deploy → serve, skipping what is up to date.
 
     python -m training all                              # the lesson's bears, then the app on :7860
     python -m training all --labels cat dog --query "{label} photo" --no-serve
+    python -m training all --repo-id you/bears --space you/bears-demo --no-serve   # ... and make it public
 
-It stops at the first stage that fails, with that stage's message.
+It stops at the first stage that fails, with that stage's message. With --repo-id/--space the Hub token is
+checked first, so a missing or wrong token fails in seconds, not after training.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import sys
 from pathlib import Path
 
 from training.config import Config
+from training.errors import StageError
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]  # where app.py lives
@@ -26,7 +29,8 @@ TRAIN_KEYS = ("arch", "pretrained", "epochs", "size", "seed", "valid_pct", "min_
 
 
 def run_all(cfg: Config, serve: bool = True) -> Path:
-    """Run each stage that is out of date, then serve the model folder with app.py unless serve=False."""
+    """Run each stage that is out of date, publish/deploy when asked, then serve with app.py unless serve=False."""
+    api = _connect_first(cfg)
     if _data_up_to_date(cfg):
         log.info("data: %s is up to date with these settings; skipping", cfg.data_dir)
     else:
@@ -37,9 +41,32 @@ def run_all(cfg: Config, serve: bool = True) -> Path:
     else:
         from training.train import train
         train(cfg)
+    if api is not None:
+        _publish_and_deploy(cfg, api)
     if serve:
         _serve(cfg.model_dir)
     return cfg.model_dir
+
+
+def _connect_first(cfg: Config):
+    """The checked Hub client when publishing, before any long work; None when not publishing."""
+    if cfg.space and not cfg.repo_id:
+        raise StageError("--space deploys the model that `all` publishes: add --repo-id NAMESPACE/NAME")
+    if not cfg.repo_id:
+        return None
+    from training.hub import check_hardware, check_repo_id, connect
+    check_hardware(cfg.hardware)
+    repos = [check_repo_id(cfg.repo_id, "--repo-id")] + ([check_repo_id(cfg.space, "--space")] if cfg.space else [])
+    return connect(*repos)
+
+
+def _publish_and_deploy(cfg: Config, api) -> None:
+    from training.publish import publish
+    sha = publish(cfg.model_dir, cfg, api=api)
+    log.info("publish: %s@%s", cfg.repo_id, sha)
+    if cfg.space:
+        from training.deploy import deploy
+        log.info("deploy: %s", deploy(cfg, sha, api=api))
 
 
 def _data_up_to_date(cfg: Config) -> bool:
