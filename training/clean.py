@@ -19,6 +19,7 @@ from tqdm import tqdm
 from serving.imaging import ImageRejected, open_upright_rgb, resize_longest
 from training.config import Config
 from training.manifest import Row
+from training.review_log import ReviewLog
 
 log = logging.getLogger(__name__)
 JPEG_QUALITY = 92  # visually lossless; these files are training data, not thumbnails
@@ -43,8 +44,12 @@ class _Decoded:
     dhash: int
 
 
-def clean_images(sources: list[Source], data_dir: Path, cfg: Config) -> list[Row]:
-    """Decode, normalise and deduplicate `sources`; write the keepers; return one manifest row each."""
+def clean_images(sources: list[Source], data_dir: Path, cfg: Config, review: ReviewLog | None = None) -> list[Row]:
+    """Decode, normalise and deduplicate `sources`; write the keepers; return one manifest row each.
+
+    `review` holds the decisions of `python -m training review` (DATA/review.csv): an image a reviewer
+    deleted stays in trash/, a relabelled one is written under its new label.
+    """
     rows: list[Row | None] = [None] * len(sources)
     decoded: list[_Decoded] = []
     for i, src in enumerate(tqdm(sources, desc="clean", unit="img", leave=False)):
@@ -57,7 +62,9 @@ def clean_images(sources: list[Source], data_dir: Path, cfg: Config) -> list[Row
     for group in groups:
         for i, row in _judge_group(group).items():
             rows[i] = row
-    _write_kept([d for d in decoded if rows[d.index].status == "kept"], data_dir)
+    if review is not None:
+        rows = review.apply(rows)  # type: ignore[arg-type]
+    _write_kept({rows[d.index].file: d.jpeg for d in decoded if rows[d.index].status == "kept"}, data_dir)
     return rows  # type: ignore[return-value]
 
 
@@ -115,17 +122,17 @@ def _kept_path(d: _Decoded) -> str:
     return f"images/{d.source.label}/{d.pixel_digest[:16]}.jpg"
 
 
-def _write_kept(kept: list[_Decoded], data_dir: Path) -> None:
-    """Write new keepers atomically; move files no longer kept to trash/ rather than deleting them."""
-    wanted = {data_dir / _kept_path(d) for d in kept}
-    for d in kept:
-        target = data_dir / _kept_path(d)
+def _write_kept(kept: dict[str, bytes], data_dir: Path) -> None:
+    """Write new keepers ({path under data_dir: JPEG}) atomically; move files no longer kept to trash/."""
+    wanted = {data_dir / file for file in kept}
+    for file, jpeg in kept.items():
+        target = data_dir / file
         if target.exists():
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_suffix(".part")
         try:
-            tmp.write_bytes(d.jpeg)
+            tmp.write_bytes(jpeg)
             tmp.replace(target)
         finally:
             tmp.unlink(missing_ok=True)

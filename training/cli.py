@@ -132,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", type=Path, metavar="MODEL_DIR", help="model folder made by `train`, e.g. models/bears")
     p.add_argument("--data", type=Path, default=S, metavar="DIR",
                    help="the data folder the model was trained on (default: the one MODEL_DIR/settings.json names)")
-    p.add_argument("--port", dest="review_port", type=int, default=D.review_port, metavar="PORT", help="port of the page on 127.0.0.1")
+    p.add_argument("--port", dest="review_port", type=int, default=D.review_port, metavar="PORT",
+                   help="port of the page on 127.0.0.1")
     p.add_argument("--count", dest="review_count", type=int, default=D.review_count, metavar="N",
                    help="images shown per label and split, hardest first")
 

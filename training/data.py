@@ -4,21 +4,22 @@
 
 Writes data/<name>/images/<label>/<hash>.jpg, manifest.csv (one row per input URL or file: kept,
 duplicate, rejected or failed, and why) and summary.json. Rerunning reuses the search cache and
-every finished download, so it does no network work twice.
+every finished download, so it does no network work twice, and keeps the decisions made with
+`python -m training review` (review.csv): what a reviewer deleted or relabelled stays that way.
 """
 from __future__ import annotations
 
 import json
 import logging
 import re
-from collections import Counter
 from pathlib import Path
 
 from training.clean import Source, clean_images
 from training.config import DEFAULT_LABELS, Config
 from training.download import download_all
 from training.errors import StageError
-from training.manifest import STATUSES, Row, write_manifest
+from training.manifest import Row, count_rows, write_manifest
+from training.review_log import DataLock, read_log
 from training.search import SearchEngine, search_images
 from training.sources import archive_items, folder_items, read_url_list
 
@@ -28,8 +29,15 @@ _SAFE_LABEL = re.compile(r"^[^/\\.\x00-\x1f][^/\\\x00-\x1f]*$")  # a label becom
 
 def build_dataset(cfg: Config, engine: SearchEngine | None = None, allow_address=None) -> dict:
     """Gather, download and clean images into cfg.data_dir; return the summary written to summary.json."""
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    # A review page open on this folder moves images too; one writer at a time, or each undoes the other.
+    with DataLock(cfg.data_dir, "python -m training data"):
+        return _build(cfg, engine, allow_address)
+
+
+def _build(cfg: Config, engine: SearchEngine | None, allow_address) -> dict:
     data_dir = cfg.data_dir
-    data_dir.mkdir(parents=True, exist_ok=True)
+    review = read_log(data_dir)  # decisions made with `python -m training review`, kept on every rerun
     inputs = _gather_inputs(cfg, engine)
     labels = _labels(cfg, inputs)
     rows: list[Row | None] = [None] * len(inputs)
@@ -45,7 +53,7 @@ def build_dataset(cfg: Config, engine: SearchEngine | None = None, allow_address
             rows[i] = Row(label, ref, got.status, got.reason, "")
     sources += [(i, Source(label, ref, Path(ref))) for i, (label, ref, is_url) in enumerate(inputs)
                 if i in unique and not is_url]
-    for (i, _), row in zip(sources, clean_images([s for _, s in sources], data_dir, cfg)):
+    for (i, _), row in zip(sources, clean_images([s for _, s in sources], data_dir, cfg, review)):
         rows[i] = row
 
     write_manifest(rows, data_dir / "manifest.csv")  # type: ignore[arg-type]
@@ -98,17 +106,11 @@ def _mark_repeated_urls(inputs: list[tuple[str, str, bool]], rows: list[Row | No
 
 
 def _summarise(rows: list[Row], labels: list[str], cfg: Config) -> dict:
-    per_label = {label: {"found": 0, **{s: 0 for s in STATUSES}} for label in labels}
-    for r in rows:
-        counts = per_label.setdefault(r.label, {"found": 0, **{s: 0 for s in STATUSES}})
-        counts["found"] += 1
-        counts[r.status] += 1
+    counts = count_rows(rows, labels)
     return {
         "name": cfg.name,
         "source": _describe_source(cfg),
-        "labels": per_label,
-        "total": {k: sum(c[k] for c in per_label.values()) for k in ("found", *STATUSES)},
-        "reasons": dict(Counter(f"{r.status}:{r.reason}" for r in rows if r.reason).most_common()),
+        **counts,
         "settings": {k: cfg.to_json()[k] for k in ("max_images", "min_side", "max_side", "near_duplicate_distance")},
     }
 

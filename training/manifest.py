@@ -3,10 +3,16 @@ from __future__ import annotations
 
 import csv
 import os
+from collections import Counter
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 STATUSES = ("kept", "duplicate", "rejected", "failed")
+# Reasons `python -m training review` gives. A person's decision fits the four statuses above, so every count
+# that adds up over STATUSES still adds up: a deleted image is "rejected", a relabelled one is "kept".
+REVIEW_REASONS = ("removed_by_review",  # rejected: moved to trash/ by a reviewer; `file` says where it lies
+                  "relabelled",  # kept, under the label a reviewer moved it to
+                  "kept_by_review")  # kept: a reviewer looked at it and kept it
 
 
 @dataclass(frozen=True)
@@ -14,8 +20,9 @@ class Row:
     label: str
     url: str  # the URL, or the local file's path
     status: str  # one of STATUSES
-    reason: str  # "" when kept; a short code otherwise (http_404, truncated, near_duplicate, ...)
-    file: str  # kept: its file under images/; duplicate: the kept file it repeats; else ""
+    reason: str  # a short code (http_404, truncated, near_duplicate, ...); "" when kept and never reviewed
+    file: str  # kept: its file under images/; duplicate: the kept file it repeats; removed_by_review: its
+    #            file under trash/; else ""
 
 
 FIELDS = [f.name for f in fields(Row)]
@@ -37,3 +44,17 @@ def read_manifest(path: Path) -> list[Row]:
     """The rows of a manifest written by write_manifest."""
     with path.open(newline="", encoding="utf-8") as f:
         return [Row(**row) for row in csv.DictReader(f)]
+
+
+def count_rows(rows: list[Row], labels: list[str]) -> dict:
+    """Rows per label and status, their totals, and how often each status:reason occurs (summary.json's counts)."""
+    per_label = {label: {"found": 0, **{s: 0 for s in STATUSES}} for label in labels}
+    for r in rows:
+        counts = per_label.setdefault(r.label, {"found": 0, **{s: 0 for s in STATUSES}})
+        counts["found"] += 1
+        counts[r.status] += 1
+    return {
+        "labels": per_label,
+        "total": {k: sum(c[k] for c in per_label.values()) for k in ("found", *STATUSES)},
+        "reasons": dict(Counter(f"{r.status}:{r.reason}" for r in rows if r.reason).most_common()),
+    }
