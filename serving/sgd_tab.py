@@ -9,11 +9,11 @@ animated plot of the points with the current line next to the loss curve, and a 
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import gradio as gr
 import numpy as np
-from matplotlib.figure import Figure
 
 from serving.sgd import BARELY_MOVING, CONVERGED, DIVERGING, TRUE_PARAMS, Run, fit_line
 
@@ -66,8 +66,7 @@ def build_sgd_tab() -> gr.Blocks:
                 inputs = _controls()
                 train = gr.Button("Train", variant="primary")
             with gr.Column(scale=3):
-                plot = gr.Plot(_figure(start, start.steps), label="Points and line · loss", show_label=False,
-                               format="png")
+                plot = gr.Plot(label="Points and line · loss", show_label=False, format="png")
                 step = gr.Slider(0, start.steps, value=start.steps, step=1, label="Step",
                                  info="Drag to go back and forth through training.")
                 verdict = gr.Markdown(_markdown(start))
@@ -79,7 +78,19 @@ def build_sgd_tab() -> gr.Blocks:
         train.click(_animate, inputs, [plot, step, verdict, shown], api_visibility="private")
         step.input(_show_step, [shown, step], plot, trigger_mode="always_last", api_visibility="private")
         gr.api(sgd, api_name="sgd")
+        tab.load(functools.partial(_first_plot, plot), None, plot, api_visibility="private", queue=False)
     return tab
+
+
+@functools.cache
+def _first_plot(plot: gr.Plot):
+    """The default run's last frame, drawn and encoded once, on the first page view.
+
+    Not at start-up: matplotlib and one PNG encode cost about a second on 2 cores, which every start of the
+    app (and every visitor who only wants a prediction) would otherwise wait for.
+    """
+    run = fit_line(**DEFAULTS)
+    return plot.postprocess(_figure(run, run.steps))
 
 
 def sgd(n_points: int = 100, noise: float = 0.5, learning_rate: float = 0.1, batch_size: int | None = 10,
@@ -119,7 +130,7 @@ def _animate(n_points, noise, learning_rate, batch, epochs):
     yield _figure(run, run.steps), gr.update(maximum=run.steps, value=run.steps), _markdown(run), settings
 
 
-def _show_step(settings: dict, step: float) -> Figure:
+def _show_step(settings: dict, step: float):
     """The frame at `step` of the run on screen, retrained from its settings."""
     run = _fit(**settings)
     return _figure(run, min(int(step), run.steps))
@@ -197,8 +208,10 @@ def _equation(a1: float, a2: float) -> str:
     return f"y = {number(a1)}x {'−' if a2 < 0 else '+'} {number(abs(a2))}"
 
 
-def _figure(run: Run, step: int) -> Figure:
-    """The points with the line at `step`, next to the loss curve up to it."""
+def _figure(run: Run, step: int):
+    """The points with the line at `step`, next to the loss curve up to it (a matplotlib Figure)."""
+    from matplotlib.figure import Figure  # imported on first use: it adds half a second to the app's start
+
     fig = Figure(figsize=(10, 3.8))
     # Fixed margins rather than layout="constrained": that measures every tick label first, and doubled the
     # time a frame takes, which the animation pays 20-odd times.

@@ -1,0 +1,74 @@
+"""What the benchmarks share: a real-size model folder, a photo-like test image, and Gradio's HTTP API.
+
+The model is resnet-shaped at 224 px like a real one; its weights come from one epoch on generated
+shapes, since timings do not depend on what the weights learned (and pretrained weights can't be
+downloaded here).
+"""
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+
+OUT = Path(__file__).resolve().parent / "out"
+
+
+def model_folder(arch: str = "resnet18", size: int = 224) -> Path:
+    """A model folder (export.pkl, model.onnx, config.json) for `arch`, trained once and cached in bench/out."""
+    folder = OUT / f"model_{arch}_{size}"
+    if (folder / "model.onnx").exists() and (folder / "export.pkl").exists():
+        return folder
+    from tests.tiny_model import make_images
+    from training.config import Config
+    from training.train import train
+
+    data = make_images(OUT / "data", per_label=20)
+    return train(Config(name="bench", data=data, out=folder, arch=arch, pretrained=False, epochs=1, size=size,
+                        batch_size=16, lr=1e-3, seed=0))
+
+
+def photo_jpeg(width: int, height: int, seed: int = 0) -> bytes:
+    """A JPEG with photo-like content (smooth gradients plus noise), so its size and decode cost are realistic."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = np.stack([x / width * 255, y / height * 255, (x + y) / (width + height) * 255], axis=-1)
+    noisy = np.clip(base + rng.normal(0, 18, base.shape), 0, 255).astype(np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(noisy).save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+def gradio_predict(client: httpx.Client, url: str, image: bytes, api: str = "predict") -> dict:
+    """One prediction through Gradio's HTTP API, as any HTTP client sees it: upload, call, read the result."""
+    path = client.post(f"{url}/gradio_api/upload", files={"files": ("photo.jpg", image, "image/jpeg")}).json()[0]
+    payload = {"data": [{"path": path, "meta": {"_type": "gradio.FileData"}}]}
+    event = client.post(f"{url}/gradio_api/call/{api}", json=payload).json()["event_id"]
+    stream = client.get(f"{url}/gradio_api/call/{api}/{event}").text
+    if "event: complete" not in stream:
+        raise RuntimeError(f"prediction failed: {stream[:300]}")
+    return httpx.Response(200, content=stream.split("data:", 1)[1].strip()).json()[0]
+
+
+def wait_until(predicate, timeout: float, every: float = 0.05) -> float:
+    """Call predicate until it returns without raising; return the seconds that took."""
+    started = time.perf_counter()
+    while True:
+        try:
+            predicate()
+            return time.perf_counter() - started
+        except Exception:
+            if time.perf_counter() - started > timeout:
+                raise
+            time.sleep(every)
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident memory (VmHWM), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc status")
