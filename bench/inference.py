@@ -1,0 +1,112 @@
+"""Time the torch-free serving path against fastai's `learn.predict` on the same model, per image.
+
+    python -m bench.inference [--runs 30] [--archs resnet18 resnet34]
+
+For each arch (224 px; weights from bench.common's one-epoch model, since timing does not depend on
+them) and for a 500x375 JPEG and a 12 MP (4032x3024) one, prints the median ms/image after warm-up of:
+  predict   load_learner + learn.predict(path)             (the course app)
+  onnx      serving.model.Classifier.classify(path)       (decode + preprocess + forward + softmax)
+  forward   the onnxruntime forward pass alone on an already preprocessed input
+Targets: onnx <= 0.6x predict on the small image, <= 0.25x on the 12 MP photo, <= 1.2x forward on the small one.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import model_folder, photo_jpeg
+
+IMAGES = {"500x375": (500, 375), "4032x3024": (4032, 3024)}
+WARMUP = 3
+TARGETS = {("onnx/predict", "500x375"): 0.6, ("onnx/predict", "4032x3024"): 0.25, ("onnx/forward", "500x375"): 1.2}
+
+
+def median_ms(fns: dict, runs: int, rounds: int = 3) -> dict[str, float]:
+    """Median wall time of each fn() in milliseconds, after warm-up calls.
+
+    Each function runs in its own block, so torch's and onnxruntime's thread pools never spin against
+    each other; the blocks repeat in `rounds`, so a burst of load from other processes on a shared
+    machine lands on all of them rather than on one.
+    """
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            for _ in range(WARMUP):
+                fn()
+            for _ in range(max(1, runs // rounds)):
+                start = time.perf_counter()
+                fn()
+                times[name].append((time.perf_counter() - start) * 1000)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def bench_arch(arch: str, images: dict[str, Path], runs: int) -> list[dict]:
+    """ms/image of predict, onnx, forward and preprocess for each image, for one arch."""
+    from fastai.learner import load_learner
+
+    from serving.model import Classifier
+
+    folder = model_folder(arch)
+    learn, clf = load_learner(folder / "export.pkl"), Classifier.from_folder(folder)
+    rows = []
+    for name, path in images.items():
+        x = clf.preprocess(path)[None]
+        with learn.no_bar():  # the course app shows no progress bar either
+            ms = median_ms({"predict": lambda: learn.predict(path), "onnx": lambda: clf.classify(path),
+                            "forward": lambda: clf.session.run(None, {"input": x}),
+                            "preprocess": lambda: clf.preprocess(path)}, runs)
+        rows.append({"arch": arch, "image": name, **ms})
+    return rows
+
+
+def report(rows: list[dict]) -> bool:
+    """Print the table and the targets; return whether every target was met."""
+    print(f"{'arch':9} {'image':10} {'predict':>9} {'onnx':>8} {'forward':>8} {'preproc':>8} "
+          f"{'onnx/predict':>13} {'onnx/forward':>13}   (ms/image, median)")
+    met = True
+    for r in rows:
+        ratios = {"onnx/predict": r["onnx"] / r["predict"], "onnx/forward": r["onnx"] / r["forward"]}
+        marks = {k: _mark(v, TARGETS.get((k, r["image"]))) for k, v in ratios.items()}
+        met &= "MISS" not in "".join(marks.values())
+        print(f"{r['arch']:9} {r['image']:10} {r['predict']:9.1f} {r['onnx']:8.1f} {r['forward']:8.1f} "
+              f"{r['preprocess']:8.1f} {ratios['onnx/predict']:8.2f}{marks['onnx/predict']:>5} "
+              f"{ratios['onnx/forward']:8.2f}{marks['onnx/forward']:>5}")
+    print("targets: onnx/predict <= 0.6 (500x375), <= 0.25 (4032x3024); onnx/forward <= 1.2 (500x375): "
+          + ("all met" if met else "MISSED"))
+    return met
+
+
+def _mark(ratio: float, target: float | None) -> str:
+    if target is None:
+        return ""
+    return " ok" if ratio <= target else " MISS"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.inference", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--runs", type=int, default=30, help="timed runs per measurement")
+    p.add_argument("--archs", nargs="+", default=["resnet18", "resnet34"], help="resnet18/34/50")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    import torch
+
+    print(f"torch threads {torch.get_num_threads()}, numpy {np.__version__}")
+    with tempfile.TemporaryDirectory() as tmp:
+        images = {}
+        for name, (w, h) in IMAGES.items():
+            images[name] = Path(tmp) / f"{name}.jpg"
+            images[name].write_bytes(photo_jpeg(w, h))
+            print(f"{name}: {images[name].stat().st_size / 1e6:.2f} MB JPEG")
+        rows = [row for arch in args.archs for row in bench_arch(arch, images, args.runs)]
+    return 0 if report(rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,225 @@
+"""Classify images with a model folder, using onnxruntime, numpy and Pillow only (never torch or fastai).
+
+    from serving.model import Classifier
+    clf = Classifier.from_folder("models/bears")
+    clf.classify("grizzly.jpg")   # {"grizzly": 0.97, "black": 0.02, "teddy": 0.01}
+
+The folder is what `python -m training train` (or `python -m training convert`) writes: `model.onnx` and
+`config.json`. Every image goes through `serving.imaging.open_upright_rgb`, the same normalisation the clean
+stage gave the training images, then through fastai's validation transform re-done in Pillow and numpy:
+squish-resize the whole image to `resize` (bilinear), centre-crop `crop`, divide by 255, subtract mean and
+divide by std. fastai's batch augmentations do nothing at validation (flip, warp, rotate and lighting draw
+the identity), so there is nothing else to reproduce.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+from serving.imaging import ImageSource, open_upright_rgb
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+# Names config.json may use for the resize filter; fastai's Resize and RandomResizedCrop use bilinear.
+RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+            "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
+# "squish": resize the whole image to resize x resize (fastai RandomResizedCrop and Resize(method="squish")).
+# "crop": cut the largest centred square first, then resize (fastai Resize's default method="crop").
+RESIZE_MODES = ("squish", "crop")
+CONVERT_HINT = "run `python -m training convert {pkl} --out {folder}` to write model.onnx and config.json"
+
+
+class ModelFolderError(ValueError):
+    """A model folder that breaks the contract (see DESIGN.md); the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How to turn an upright RGB image into the model's input, as config.json's `preprocess` says."""
+
+    resize: int
+    resize_mode: str
+    resample: Image.Resampling
+    crop: int
+    mean: np.ndarray  # float32 [3, 1, 1]: the very numbers fastai's Normalize used
+    std: np.ndarray
+
+    def __post_init__(self):
+        # Every uint8 value of every channel, normalised once with fastai's float32 arithmetic
+        # ((v / 255 - mean) / std): a table lookup then gives the same bits several times faster.
+        levels = np.arange(256, dtype=np.float32) / np.float32(255.0)
+        object.__setattr__(self, "_table", (levels[None, :] - self.mean.reshape(3, 1)) / self.std.reshape(3, 1))
+
+    @classmethod
+    def from_config(cls, spec: dict) -> "Preprocess":
+        """Read and check config.json's `preprocess` section; raise ModelFolderError if it is unusable."""
+        try:
+            resize, crop = int(spec["resize"]), int(spec["crop"])
+            mode, resample = spec.get("resize_mode", "squish"), spec.get("resample", "bilinear")
+            mean = np.asarray(spec["mean"], dtype=np.float32).reshape(3, 1, 1)
+            std = np.asarray(spec["std"], dtype=np.float32).reshape(3, 1, 1)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelFolderError(f"config.json `preprocess` is incomplete or malformed ({exc!r}); it needs resize, "
+                                   "crop, mean and std (3 numbers each); re-export the model folder") from exc
+        problems = [f"resize_mode {mode!r} is not one of {RESIZE_MODES}"] if mode not in RESIZE_MODES else []
+        problems += [f"resample {resample!r} is not one of {tuple(RESAMPLE)}"] if resample not in RESAMPLE else []
+        problems += [f"crop {crop} is larger than resize {resize}"] if not 0 < crop <= resize else []
+        crop_mode = spec.get("crop_mode", "centre")
+        problems += [f"crop_mode {crop_mode!r} is not 'centre'"] if crop_mode != "centre" else []
+        problems += ["std has a zero"] if not np.all(std) else []
+        if problems:
+            raise ModelFolderError("config.json `preprocess` is unusable: " + "; ".join(problems))
+        return cls(resize, mode, RESAMPLE[resample], crop, mean, std)
+
+    @property
+    def draft_size(self) -> tuple[int, int]:
+        """Smallest JPEG decode that still leaves the resize at least 2x to shrink, so it looks the same."""
+        return (2 * self.resize, 2 * self.resize)
+
+    def __call__(self, img: Image.Image) -> np.ndarray:
+        """Resize, centre-crop and normalise an upright RGB image into float32 [3, crop, crop]."""
+        left = (self.resize - self.crop) // 2  # fastai's centre crop: (size - crop) // 2
+        pixels = np.asarray(self._resized(img))[left:left + self.crop, left:left + self.crop]
+        x = np.empty((3, self.crop, self.crop), dtype=np.float32)
+        for c in range(3):
+            np.take(self._table[c], pixels[..., c], out=x[c])
+        return x
+
+    def _resized(self, img: Image.Image) -> Image.Image:
+        if self.resize_mode == "crop":
+            img = img.crop(_centre_square(*img.size, self.resize))
+        return img.resize((self.resize, self.resize), self.resample)
+
+
+def _centre_square(w: int, h: int, size: int) -> tuple[int, int, int, int]:
+    """The box fastai's Resize(method="crop") keeps at validation, with its float rounding kept as is."""
+    m = w / size if w / size < h / size else h / size
+    side = int(m * size)
+    left, top = int(0.5 * (w - side)), int(0.5 * (h - side))
+    return (left, top, left + side, top + side)
+
+
+class Classifier:
+    """An exported image classifier: `classify(image)` returns {label: probability} for every label."""
+
+    def __init__(self, session: ort.InferenceSession, config: dict, folder: Path | None = None):
+        self.session, self.config, self.folder = session, config, folder
+        self.labels: list[str] = list(config["labels"])
+        self._pre = Preprocess.from_config(config["preprocess"])
+        self._input = session.get_inputs()[0].name
+        _check_io(session, self.labels, self._pre.crop, folder)
+
+    @classmethod
+    def from_folder(cls, path: str | os.PathLike, threads: int | None = None) -> "Classifier":
+        """Load `model.onnx` and `config.json` from a model folder, or raise ModelFolderError."""
+        folder = Path(path)
+        config = read_config(folder)
+        clf = cls(_session(folder / "model.onnx", threads), config, folder)
+        log.info("loaded %s: %d labels, %dpx input", folder, len(clf.labels), clf.input_size)
+        return clf
+
+    @property
+    def input_size(self) -> int:
+        """The side S of the model's [N, 3, S, S] input."""
+        return self._pre.crop
+
+    def preprocess(self, image: ImageSource) -> np.ndarray:
+        """The model's input for one image: float32 [3, S, S], normalised."""
+        return self._pre(open_upright_rgb(image, draft_size=self._pre.draft_size))
+
+    def classify(self, image: ImageSource) -> dict[str, float]:
+        """Probabilities for every label, summing to 1."""
+        return self.classify_batch([image])[0]
+
+    def classify_batch(self, images: Sequence[ImageSource]) -> list[dict[str, float]]:
+        """`classify` for several images, in one forward pass."""
+        if not images:
+            return []
+        batch = np.stack([self.preprocess(im) for im in images])
+        logits = self.session.run(None, {self._input: batch})[0]
+        return [dict(zip(self.labels, map(float, row))) for row in softmax(logits)]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float64, so the probabilities sum to 1 to within rounding."""
+    z = np.asarray(logits, dtype=np.float64)
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def read_config(folder: Path) -> dict:
+    """Read and check config.json of a model folder."""
+    _check_files(folder)
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFolderError(f"{folder / 'config.json'} is not valid JSON ({exc}); "
+                               "re-export the model folder") from exc
+    if not isinstance(config, dict) or config.get("format_version") != FORMAT_VERSION:
+        found = config.get("format_version") if isinstance(config, dict) else type(config).__name__
+        raise ModelFolderError(f"{folder / 'config.json'} has format_version {found!r}, this app reads "
+                               f"{FORMAT_VERSION}; re-export the model folder with this version of the project")
+    labels = config.get("labels")
+    if not (isinstance(labels, list) and labels and all(isinstance(s, str) for s in labels)
+            and len(set(labels)) == len(labels)):
+        raise ModelFolderError(f"{folder / 'config.json'}: `labels` must be a non-empty list of distinct strings, "
+                               f"got {labels!r}; re-export the model folder")
+    if not isinstance(config.get("preprocess"), dict):
+        raise ModelFolderError(f"{folder / 'config.json'} has no `preprocess` section; re-export the model folder")
+    return config
+
+
+def _check_files(folder: Path) -> None:
+    if not folder.is_dir():
+        raise ModelFolderError(f"no model folder at {folder}; run `python -m training train` to make one")
+    missing = [n for n in ("model.onnx", "config.json") if not (folder / n).is_file()]
+    if not missing:
+        return
+    pkl = folder / "export.pkl"
+    fix = CONVERT_HINT.format(pkl=pkl, folder=folder) if pkl.is_file() else \
+        "run `python -m training train` to write a complete model folder"
+    raise ModelFolderError(f"{folder} has no {' or '.join(missing)}; {fix}")
+
+
+def _session(path: Path, threads: int | None) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    # One request at a time uses every core for the convolutions; a second pool would only contend.
+    opts.intra_op_num_threads = threads or _cpu_count()
+    opts.inter_op_num_threads = 1
+    # Pool threads keep spinning between operators (onnxruntime's default). Turning that off saves CPU on a
+    # busy machine but made resnet18's forward pass 1.4x slower on an idle 2-core one: every layer waits
+    # for a sleeping thread to wake.
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own untyped errors (Fail, InvalidGraph, ...)
+        raise ModelFolderError(f"{path} is not a model onnxruntime can load ({exc}); re-export the model folder "
+                               "with `python -m training train` or `python -m training convert`") from exc
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # the cores this process may use, e.g. inside a container
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _check_io(session: ort.InferenceSession, labels: list[str], size: int, folder: Path | None) -> None:
+    where = folder / "model.onnx" if folder else "model.onnx"
+    shape = session.get_inputs()[0].shape
+    if len(shape) != 4 or list(shape[1:]) != [3, size, size]:
+        raise ModelFolderError(f"{where} takes input of shape {shape}, but config.json says [N, 3, {size}, {size}]; "
+                               "the two files come from different exports, re-export the model folder")
+    width = session.get_outputs()[0].shape[-1]
+    if not isinstance(width, int) or width != len(labels):
+        raise ModelFolderError(f"{where} outputs {width} scores but config.json lists {len(labels)} labels; "
+                               "the two files come from different models, re-export the model folder")

@@ -1,0 +1,144 @@
+"""Tests for serving/model.py: the torch-free classifier the app uses."""
+from __future__ import annotations
+
+import io
+import json
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from serving.model import Classifier, ModelFolderError, softmax
+from tests.tiny_model import draw_shape, tiny_model  # noqa: F401
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def clf(tiny_model):
+    return Classifier.from_folder(tiny_model.folder)
+
+
+@pytest.fixture(scope="module")
+def image_file(tiny_model):
+    return next((tiny_model.data / "images" / "square").iterdir())
+
+
+def test_serving_never_imports_torch_or_fastai(tiny_model, image_file):
+    code = ("import sys; from serving.model import Classifier; "
+            f"p = Classifier.from_folder({str(tiny_model.folder)!r}).classify({str(image_file)!r}); "
+            "assert abs(sum(p.values()) - 1) < 1e-9; "
+            "print(sorted(m for m in ('torch', 'fastai', 'torchvision', 'fastcore') if m in sys.modules))")
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"
+
+
+def test_classify_returns_every_label_with_probabilities_summing_to_one(clf, image_file):
+    probs = clf.classify(image_file)
+    assert list(probs) == clf.labels == clf.config["labels"]
+    assert all(isinstance(p, float) and 0 <= p <= 1 for p in probs.values())
+    assert sum(probs.values()) == pytest.approx(1, abs=1e-12)
+
+
+def test_every_kind_of_input_gives_the_same_answer(clf, image_file):
+    data = image_file.read_bytes()
+    with Image.open(image_file) as img:
+        pil = img.convert("RGB")
+    inputs = [image_file, str(image_file), data, io.BytesIO(data), pil]
+    results = [clf.classify(x) for x in inputs]
+    assert all(r == results[0] for r in results)
+
+
+def test_classify_batch_matches_one_by_one(clf, tiny_model):
+    files = sorted((tiny_model.data / "images" / "circle").iterdir())[:3]
+    batch = clf.classify_batch(files)
+    for got, f in zip(batch, files):
+        assert list(got.values()) == pytest.approx(list(clf.classify(f).values()), abs=1e-6)
+    assert clf.classify_batch([]) == []
+
+
+def test_preprocess_is_fastais_validation_transform(clf, image_file):
+    """Squish to 80 bilinear, centre-crop 64, /255, ImageNet mean/std: written out by hand."""
+    with Image.open(image_file) as img:
+        ref = np.asarray(img.convert("RGB").resize((80, 80), Image.Resampling.BILINEAR), dtype=np.float32)
+    ref = ref[8:72, 8:72].transpose(2, 0, 1) / np.float32(255)
+    mean = np.float32([0.485, 0.456, 0.406]).reshape(3, 1, 1)
+    std = np.float32([0.229, 0.224, 0.225]).reshape(3, 1, 1)
+    x = clf.preprocess(image_file)
+    assert x.shape == (3, 64, 64) and x.dtype == np.float32
+    np.testing.assert_array_equal(x, (ref - mean) / std)
+
+
+def test_large_jpegs_decode_at_reduced_scale_small_ones_do_not(clf, tmp_path):
+    big = draw_shape("square", random.Random(3), side=1200)
+    big.save(tmp_path / "big.jpg", quality=92)
+    x = clf.preprocess(tmp_path / "big.jpg")
+    with Image.open(tmp_path / "big.jpg") as img:
+        full = clf.preprocess(img.convert("RGB"))  # an already decoded image: the whole 1200px
+    assert x.shape == full.shape
+    assert not np.array_equal(x, full)  # 1200px decoded at 1/4 scale (300px >= 2 x 80)...
+    assert np.abs(x - full).mean() < 0.05  # ...and it barely shows after the resize to 80
+
+
+def test_exif_orientation_is_applied(clf, tmp_path):
+    img = draw_shape("triangle", random.Random(5))
+    exif = Image.Exif()
+    exif[0x0112] = 3  # rotated 180 degrees
+    img.rotate(180).save(tmp_path / "rotated.jpg", exif=exif, quality=95)
+    img.save(tmp_path / "upright.jpg", quality=95)
+    np.testing.assert_allclose(clf.preprocess(tmp_path / "rotated.jpg"), clf.preprocess(tmp_path / "upright.jpg"),
+                               atol=0.5)  # JPEG noise only; a wrong orientation would differ by far more
+
+
+@pytest.mark.parametrize("logits", [[0.0, 0.0, 0.0], [1000.0, 0.0, -1000.0], [-3.5, 2.25, 7.0]])
+def test_softmax_is_stable_and_sums_to_one(logits):
+    p = softmax(np.array([logits], dtype=np.float32))
+    assert np.isfinite(p).all() and p.sum() == pytest.approx(1, abs=1e-12)
+    assert p.argmax() == int(np.argmax(logits))
+
+
+def _copy(src: Path, dst: Path, *names: str) -> Path:
+    dst.mkdir()
+    for name in names:
+        shutil.copyfile(src / name, dst / name)
+    return dst
+
+
+def _edit_config(folder: Path, **changes) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    for key, value in changes.items():
+        section, _, field = key.partition("__")  # preprocess__crop edits config["preprocess"]["crop"]
+        if field:
+            config[section][field] = value
+        else:
+            config[key] = value
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("names, edit, words", [
+    ((), None, "no model folder"),
+    (("export.pkl",), None, "python -m training convert"),
+    (("model.onnx",), None, "no config.json"),
+    (("config.json",), None, "no model.onnx"),
+    (("model.onnx", "config.json"), lambda f: (f / "config.json").write_text("{labels:"), "not valid JSON"),
+    (("model.onnx", "config.json"), lambda f: (f / "model.onnx").write_bytes(b"not onnx"), "onnxruntime can"),
+    (("model.onnx", "config.json"), lambda f: _edit_config(f, labels=["circle", "square"]), "outputs 3 scores"),
+    (("model.onnx", "config.json"), lambda f: _edit_config(f, labels=["a", "a", "b"]), "distinct"),
+    (("model.onnx", "config.json"), lambda f: _edit_config(f, preprocess__crop=32), "[N, 3, 32, 32]"),
+    (("model.onnx", "config.json"), lambda f: _edit_config(f, preprocess__resize_mode="pad"), "resize_mode"),
+    (("model.onnx", "config.json"), lambda f: _edit_config(f, format_version=2), "format_version 2"),
+])
+def test_broken_folders_raise_model_folder_error(tiny_model, tmp_path, names, edit, words):
+    folder = _copy(tiny_model.folder, tmp_path / "m", *names) if names else tmp_path / "missing"
+    if edit:
+        edit(folder)
+    with pytest.raises(ModelFolderError) as err:
+        Classifier.from_folder(folder)
+    assert words in str(err.value)
+    assert isinstance(err.value, ValueError)

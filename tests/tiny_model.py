@@ -1,0 +1,79 @@
+"""A tiny model, trained once per test session and shared by the training, export and serving tests.
+
+Three labels anyone can tell apart (red circles, green squares, blue triangles at random places and sizes
+on random grey backgrounds), 20 JPEGs of 96x96 each, resnet18 from random weights at 64px on the CPU for
+five epochs: about 15 s on 2 cores, export included. Test modules import the fixture:
+
+    from tests.tiny_model import tiny_model  # noqa: F401
+"""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw
+
+from training.config import Config
+
+SHAPES = {"circle": (220, 30, 30), "square": (30, 190, 30), "triangle": (30, 60, 220)}
+PER_LABEL = 20
+SIDE = 96
+SUMMARY = {"source": "tests.tiny_model", "note": "synthetic shapes", "kept": 3 * PER_LABEL}
+
+
+@dataclass(frozen=True)
+class TinyModel:
+    cfg: Config
+    data: Path  # DATA folder: images/<label>/*.jpg and summary.json
+    folder: Path  # the model folder train() wrote
+
+
+def make_images(data: Path, per_label: int = PER_LABEL, labels=tuple(SHAPES), seed: int = 0) -> Path:
+    """Write data/images/<label>/<n>.jpg for each label (and data/summary.json); return data."""
+    rng = random.Random(seed)
+    for label in labels:
+        folder = data / "images" / label
+        folder.mkdir(parents=True, exist_ok=True)
+        for n in range(per_label):
+            draw_shape(label, rng).save(folder / f"{label}{n:03d}.jpg", quality=90)
+    (data / "summary.json").write_text(json.dumps(SUMMARY))
+    return data
+
+
+def draw_shape(label: str, rng: random.Random, side: int = SIDE) -> Image.Image:
+    """One image of `label`'s shape in its colour, somewhere on a random grey background."""
+    grey = rng.randint(90, 200)
+    img = Image.new("RGB", (side, side), (grey, grey + rng.randint(-20, 20), grey))
+    r = rng.randint(side // 6, side // 3)
+    cx, cy = rng.randint(r, side - r), rng.randint(r, side - r)
+    colour, draw = SHAPES.get(label, (200, 200, 0)), ImageDraw.Draw(img)
+    if label == "square":
+        draw.rectangle((cx - r, cy - r, cx + r, cy + r), fill=colour)
+    elif label == "triangle":
+        draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=colour)
+    else:
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=colour)
+    return img
+
+
+def tiny_config(data: Path, out: Path, **changes) -> Config:
+    """Settings small enough for a CPU test: random weights, 64px, a fixed learning rate."""
+    # From random weights the batch-norm statistics need a few dozen steps before validation predictions
+    # mean anything: 5 epochs of 6 batches get about 3 in 4 shapes right, in a few seconds.
+    base = Config(name="tiny", data=data, out=out, arch="resnet18", pretrained=False, epochs=5, size=64,
+                  batch_size=8, lr=1e-2, seed=0, valid_pct=0.2)
+    return base.replace(**changes)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> TinyModel:
+    """Train the tiny model once for the whole test session."""
+    from training.train import train  # torch and fastai load only for tests that need them
+
+    root = tmp_path_factory.mktemp("tiny")
+    data = make_images(root / "data")
+    cfg = tiny_config(data, root / "model")
+    return TinyModel(cfg, data, train(cfg))

@@ -1,0 +1,232 @@
+"""Fine-tune a resnet on the cleaned images, then evaluate it and write the model folder.
+
+    python -m training train --data data/bears --out models/bears
+
+Reads DATA/images/<label>/*.jpg (made by `python -m training data`) and DATA/summary.json if present.
+Writes MODEL_DIR/ with export.pkl, model.onnx, config.json, settings.json, examples/ and report/
+(history.csv, lr_find.png when --lr is not given, and what `training.evaluate` writes). Uses the GPU
+with mixed precision when there is one.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from urllib.error import URLError
+
+import torch
+import torchvision.models
+from fastai.callback.progress import CSVLogger
+from fastai.callback.schedule import valley
+from fastai.data.block import CategoryBlock, DataBlock
+from fastai.data.transforms import Normalize, RandomSplitter, get_image_files, parent_label
+from fastai.metrics import error_rate
+from fastai.torch_core import set_seed
+from fastai.vision.augment import RandomResizedCrop, aug_transforms
+from fastai.vision.core import imagenet_stats
+from fastai.vision.data import ImageBlock
+from fastai.vision.learner import vision_learner
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from training.config import Config
+from training.errors import StageError
+from training.evaluate import evaluate
+from training.export import EXAMPLES_PER_LABEL, export
+
+log = logging.getLogger(__name__)
+
+TORCHVISION_ARCHS = ("resnet18", "resnet34", "resnet50")
+DATA_HINT = "run `python -m training data` first"
+
+
+def train(cfg: Config) -> Path:
+    """Fine-tune, evaluate and export; return the model folder."""
+    images = cfg.data_dir / "images"
+    counts = count_images(images)
+    set_seed(cfg.seed, reproducible=True)
+    dls = build_dataloaders(cfg, images)
+    learn = build_learner(dls, cfg)
+    out, report = cfg.model_dir, cfg.model_dir / "report"
+    report.mkdir(parents=True, exist_ok=True)
+    (report / "lr_find.png").unlink(missing_ok=True)  # a rerun with --lr must not keep an old run's plot
+    lr = cfg.lr if cfg.lr is not None else find_lr(learn, report / "lr_find.png")
+    seconds = _fit(learn, cfg.epochs, lr, report / "history.csv")
+    evaluation = evaluate(learn, report)
+    learn.to_fp32()  # export.pkl and model.onnx are float32 whatever trained them
+    resolved = cfg.replace(data=cfg.data_dir, out=out, lr=lr, batch_size=dls.bs)
+    resolved.write(out / "settings.json")
+    info = _config_info(resolved, evaluation.metrics, _dataset_summary(cfg.data_dir, counts, dls), seconds)
+    export(learn, out, info=info, examples=evaluation.examples(EXAMPLES_PER_LABEL))
+    log.info("trained %s for %d epochs in %.0f s at lr %.2g: error rate %.1f%% on %d validation images; wrote %s",
+             cfg.arch, cfg.epochs, seconds, lr, 100 * evaluation.metrics["error_rate"], len(dls.valid_ds), out)
+    return out
+
+
+def count_images(images: Path) -> dict[str, int]:
+    """Images per label folder; raise StageError unless there are 2+ labels with 2+ images each."""
+    if not images.is_dir():
+        raise StageError(f"no images folder at {images}; {DATA_HINT}")
+    files = get_image_files(images)
+    if not files:
+        raise StageError(f"no images in {images}; {DATA_HINT}")
+    stray = [f for f in files if f.parent.parent != images]
+    if stray:
+        raise StageError(f"{len(stray)} images are not directly in a label folder (e.g. {stray[0]}); "
+                         f"put each image in {images}/<label>/, or {DATA_HINT}")
+    counts = Counter(parent_label(f) for f in files)
+    counts.update({d.name: 0 for d in images.iterdir() if d.is_dir() and d.name not in counts})
+    if len(counts) < 2:
+        raise StageError(f"only one label ({', '.join(counts)}) in {images}; a classifier needs at least two: "
+                         f"add a folder of images for another label, e.g. `python -m training data --labels A B`")
+    few = {label: n for label, n in counts.items() if n < 2}
+    if few:
+        raise StageError(f"too few images to split into training and validation: "
+                         f"{', '.join(f'{k!r} has {v}' for k, v in sorted(few.items()))} in {images}; every label "
+                         f"needs at least 2; add images or remove the folder, then {DATA_HINT}")
+    return dict(sorted(counts.items()))
+
+
+def build_dataloaders(cfg: Config, images: Path):
+    """The DataBlock of the lesson, split by cfg.seed; raises StageError if the split leaves a label out."""
+    items = get_image_files(images)
+    splitter = RandomSplitter(cfg.valid_pct, seed=cfg.seed)
+    n_train = _check_split(items, splitter, cfg)
+    block = DataBlock(blocks=(ImageBlock, CategoryBlock), get_items=get_image_files, get_y=parent_label,
+                      splitter=splitter, item_tfms=RandomResizedCrop(cfg.size, min_scale=cfg.min_scale),
+                      batch_tfms=[*aug_transforms(), Normalize.from_stats(*imagenet_stats)])
+    # The training loader drops its last partial batch, so a batch larger than the training set gives none.
+    bs = min(cfg.batch_size, n_train)
+    if bs < cfg.batch_size:
+        log.warning("only %d training images: using batches of %d instead of %d", n_train, bs, cfg.batch_size)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return block.dataloaders(images, bs=bs, num_workers=_num_workers(), device=device)
+
+
+def _check_split(items, splitter, cfg: Config) -> int:
+    """Check every label has a training image and the validation set is not empty; return the train size."""
+    train_idx, valid_idx = splitter(items)
+    if not len(valid_idx):
+        raise StageError(f"--valid-pct {cfg.valid_pct} of {len(items)} images leaves no validation image; "
+                         "raise --valid-pct or add images")
+    missing = sorted({parent_label(f) for f in items} - {parent_label(items[i]) for i in train_idx})
+    if missing:
+        raise StageError(f"with seed {cfg.seed} and --valid-pct {cfg.valid_pct}, label(s) {', '.join(missing)} "
+                         "get no training image: too few images to split; add images or lower --valid-pct")
+    unseen = sorted({parent_label(f) for f in items} - {parent_label(items[i]) for i in valid_idx})
+    if unseen:
+        log.warning("label(s) %s have no validation image; their metrics will be empty", ", ".join(unseen))
+    return len(train_idx)
+
+
+def _num_workers() -> int:
+    cpus = os.cpu_count() or 1
+    if torch.cuda.is_available():
+        return min(8, cpus)  # on a GPU, JPEG decoding is the bottleneck: give it the spare cores
+    # On CPU the model already uses every core; on 2 cores worker processes would only contend with it.
+    return 0 if cpus <= 2 else min(4, cpus // 2)
+
+
+def resolve_arch(name: str):
+    """The torchvision resnet of that name, or a timm model name when timm is installed."""
+    if name in TORCHVISION_ARCHS:
+        return getattr(torchvision.models, name)
+    try:
+        import timm
+    except ImportError:
+        raise StageError(f"unknown arch {name!r}: use one of {', '.join(TORCHVISION_ARCHS)}, "
+                         "or `pip install timm` to use a timm model name") from None
+    if not timm.list_models(name):
+        raise StageError(f"unknown arch {name!r}: not one of {', '.join(TORCHVISION_ARCHS)} nor a timm model; "
+                         "see `python -c \"import timm; print(timm.list_models('resnet*'))\"`")
+    return name
+
+
+def build_learner(dls, cfg: Config):
+    """vision_learner with error_rate, on mixed precision when there is a GPU."""
+    arch = resolve_arch(cfg.arch)
+    try:
+        learn = vision_learner(dls, arch, metrics=error_rate, pretrained=cfg.pretrained)
+    except (URLError, ConnectionError) as exc:
+        raise StageError(f"could not download the pretrained {cfg.arch} weights ({exc}); check the network, "
+                         "or train from random weights with --no-pretrained") from exc
+    if torch.cuda.is_available():
+        learn.to_fp16()
+    return learn
+
+
+def find_lr(learn, plot: Path) -> float:
+    """Run fastai's learning-rate finder, save its plot and return the 'valley' suggestion."""
+    saved = learn.model_dir
+    with tempfile.TemporaryDirectory() as tmp:
+        learn.model_dir = Path(tmp)  # lr_find checkpoints the weights there; keep that out of the model folder
+        try:
+            lr = float(learn.lr_find(suggest_funcs=(valley,), show_plot=False).valley)
+        finally:
+            learn.model_dir = saved
+    _plot_lr_find(learn.recorder.lrs, learn.recorder.losses, lr, plot)
+    log.info("learning-rate finder suggests %.2g (plot: %s)", lr, plot)
+    return lr
+
+
+def _plot_lr_find(lrs: list, losses: list, lr: float, path: Path) -> None:
+    # fastai's own plot goes through pyplot, which needs a display backend; the object API does not.
+    fig = Figure(figsize=(6, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.plot(lrs[:-5], [float(x) for x in losses[:-5]])  # fastai skips the last 5 too: the loss has blown up
+    ax.axvline(lr, color="tab:orange", linestyle="--", label=f"valley {lr:.2g}")
+    ax.set(xscale="log", xlabel="learning rate", ylabel="loss", title="Learning-rate finder")
+    ax.legend()
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+
+
+def _fit(learn, epochs: int, lr: float, history: Path) -> float:
+    """fine_tune with a CSV history; return the seconds it took."""
+    history.unlink(missing_ok=True)
+    # fine_tune fits twice (frozen, then unfrozen); appending keeps the frozen epoch in the file.
+    logger = CSVLogger(history.resolve(), append=True)
+    start = time.perf_counter()
+    learn.fine_tune(epochs, lr, cbs=[logger])
+    seconds = time.perf_counter() - start
+    _tidy_history(history)
+    return seconds
+
+
+def _tidy_history(path: Path) -> None:
+    """Rewrite CSVLogger's two appended tables as one, numbering epochs through and naming the phase."""
+    with path.open(newline="") as f:
+        rows = list(csv.reader(f))
+    header, table, phase = rows[0], [], "frozen"
+    for row in rows[1:]:
+        if row == header:
+            phase = "unfrozen"
+            continue
+        table.append([len(table), phase, *row[1:]])
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows([[header[0], "phase", *header[1:]], *table])
+
+
+def _dataset_summary(data_dir: Path, counts: dict[str, int], dls) -> dict:
+    summary_file = data_dir / "summary.json"
+    try:
+        summary = json.loads(summary_file.read_text()) if summary_file.is_file() else None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise StageError(f"{summary_file} is not valid JSON ({exc}); {DATA_HINT.replace('first', 'again')}") from exc
+    return {"images_per_label": counts, "total_images": sum(counts.values()),
+            "train_images": len(dls.train_ds), "valid_images": len(dls.valid_ds), "summary": summary}
+
+
+def _config_info(cfg: Config, metrics: dict, dataset: dict, seconds: float) -> dict:
+    """config.json's fields beyond labels and preprocessing, in the contract's order."""
+    headline = {k: metrics[k] for k in ("error_rate", "accuracy", "valid_loss", "valid_images", "per_class")}
+    return {"arch": cfg.arch, "pretrained": cfg.pretrained, "metrics": headline, "dataset": dataset,
+            "seed": cfg.seed, "made_by": "train",
+            "training": {"epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size,
+                         "valid_pct": cfg.valid_pct, "size": cfg.size, "min_scale": cfg.min_scale,
+                         "device": "cuda" if torch.cuda.is_available() else "cpu", "seconds": round(seconds, 1)}}
