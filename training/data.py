@@ -116,8 +116,9 @@ def _summarise(rows: list[Row], labels: list[str], cfg: Config) -> dict:
 
 
 def _describe_source(cfg: Config) -> str:
-    given = [f"{flag} {value}" for flag, value in
-             (("urls", cfg.urls), ("folder", cfg.from_folder), ("archive", cfg.archive)) if value]
+    # Names, not full paths: the summary travels into config.json and the published model card.
+    given = [f"{flag} {value if str(value).startswith(('http://', 'https://')) else Path(value).name}"
+             for flag, value in (("urls", cfg.urls), ("folder", cfg.from_folder), ("archive", cfg.archive)) if value]
     return "; ".join(given) if given else f"image search (ddgs): {cfg.query!r}"
 
 

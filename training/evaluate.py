@@ -56,7 +56,7 @@ def evaluate(learn, report_dir: Path) -> Evaluation:
     ev.metrics["valid_loss"] = float(ev.losses.mean()) if len(ev.losses) else None
     ev.metrics["epochs"] = read_history(report_dir / "history.csv")
     ev.metrics["top_losses"] = top_losses(ev, TOP_LOSSES)
-    write_report(ev.metrics, report_dir)
+    write_report(ev.metrics, report_dir, data_root(items))
     log.info("evaluated %d validation images: error rate %.1f%%; report in %s",
              len(items), 100 * ev.metrics["error_rate"], report_dir)
     return ev
@@ -93,7 +93,9 @@ def top_losses(ev: Evaluation, k: int) -> list[dict]:
     rows = []
     for i in order:
         pred = int(ev.probs[i].argmax())
-        rows.append({"file": str(ev.items[i]), "actual": ev.labels[ev.targets[i]], "predicted": ev.labels[pred],
+        # Relative to the data folder (images/<label>/<file>): the report is published, and a path like
+        # /home/<user>/... would say nothing useful about the model and too much about its maker.
+        rows.append({"file": Path(*ev.items[i].parts[-3:]).as_posix(), "actual": ev.labels[ev.targets[i]], "predicted": ev.labels[pred],
                      "probability": float(ev.probs[i, pred]), "loss": float(ev.losses[i])})
     return rows
 
@@ -140,13 +142,18 @@ def diagnose(history: list[dict]) -> str:
     return "No sign of over- or underfitting: the valid loss is not rising and the train loss is below it."
 
 
-def write_report(metrics: dict, report_dir: Path) -> None:
-    """Write metrics.json, the three plots and report.md."""
+def data_root(items: list[Path]) -> Path:
+    """The data folder the validation images come from (DATA in DATA/images/<label>/<file>)."""
+    return items[0].parents[2] if items else Path(".")
+
+
+def write_report(metrics: dict, report_dir: Path, root: Path) -> None:
+    """Write metrics.json, the three plots and report.md; top-loss files are relative to `root`."""
     report_dir.mkdir(parents=True, exist_ok=True)
     (report_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     _plot_confusion(metrics["confusion_matrix"], report_dir / "confusion_matrix.png")
     _plot_losses(metrics["epochs"], report_dir / "losses.png")
-    _plot_top_losses(metrics["top_losses"], report_dir / "top_losses.png")
+    _plot_top_losses(metrics["top_losses"], root, report_dir / "top_losses.png")
     (report_dir / "report.md").write_text(report_markdown(metrics))
 
 
@@ -164,7 +171,8 @@ def report_markdown(metrics: dict) -> str:
     lines += [] if mixed else ["None: every validation image was classified correctly."]
     lines += ["", "## Training curve", "", diagnose(metrics["epochs"])]
     lines += ["", "## Look at these images first", "",
-              "The validation images the model was most wrong or least sure about (highest loss). A wrong or "
+              "The validation images the model was most wrong or least sure about (highest loss), relative to the "
+              "data folder. A wrong or "
               "off-topic image here is a data problem: fix or delete it and train again.", "",
               "| file | actual | predicted | probability | loss |", "|---|---|---|---|---|"]
     lines += [f"| {r['file']} | {r['actual']} | {r['predicted']} | {r['probability']:.2f} | {r['loss']:.2f} |"
@@ -208,13 +216,13 @@ def _plot_losses(history: list[dict], path: Path) -> None:
     _save(fig, path)
 
 
-def _plot_top_losses(rows: list[dict], path: Path) -> None:
+def _plot_top_losses(rows: list[dict], root: Path, path: Path) -> None:
     cols = 3
     nrows = max(1, -(-len(rows) // cols))
     fig = Figure(figsize=(3.2 * cols, 3.4 * nrows))
     for i, r in enumerate(rows):
         ax = fig.add_subplot(nrows, cols, i + 1)
-        with Image.open(r["file"]) as img:
+        with Image.open(root / r["file"]) as img:
             img.thumbnail((256, 256))
             ax.imshow(np.asarray(img.convert("RGB")))
         ax.set_title(f"{r['predicted']}/{r['actual']}\nloss {r['loss']:.2f} p {r['probability']:.2f}", fontsize=9)
