@@ -13,7 +13,6 @@ from gradio_client.exceptions import AppError
 from serving.model import Classifier
 from serving.web import MESSAGES
 from tests.live_app import ROOT, LiveApp
-from tests.tiny_model import tiny_model  # noqa: F401
 
 # (name, bytes from the image server or a literal, reason /classify gives, reason the page gives).
 # The page can differ: Gradio's own upload handling opens the file first, and an empty file fails there.
@@ -28,7 +27,7 @@ BAD = [
 
 
 @pytest.fixture(scope="module")
-def live(tiny_model):  # noqa: F811
+def live(tiny_model):
     with LiveApp({"MODEL_DIR": str(tiny_model.folder), "MAX_UPLOAD_MB": "1"}) as app:
         yield app
 
@@ -39,7 +38,7 @@ def client(live):
 
 
 @pytest.fixture
-def example(tiny_model):  # noqa: F811
+def example(tiny_model):
     return sorted((tiny_model.folder / "examples").glob("*"))[0]
 
 
@@ -49,7 +48,7 @@ def _bad_file(tmp_path, image_server, name, body):
     return path
 
 
-def test_predict_through_gradio_client(client, example, tiny_model):  # noqa: F811
+def test_predict_through_gradio_client(client, example, tiny_model):
     out = client.predict(handle_file(str(example)), api_name="/predict")
     expected = Classifier.from_folder(tiny_model.folder).classify(example)
     assert out["label"] == max(expected, key=expected.get)
@@ -58,7 +57,7 @@ def test_predict_through_gradio_client(client, example, tiny_model):  # noqa: F8
     assert all(math.isclose(got[k], expected[k], abs_tol=1e-6) for k in expected)
 
 
-def test_classify_json_endpoint(live, example, tiny_model):  # noqa: F811
+def test_classify_json_endpoint(live, example, tiny_model):
     r = httpx.post(live.url + "/classify", files={"file": example.open("rb")}, timeout=30)
     assert r.status_code == 200, r.text
     body = r.json()
@@ -101,7 +100,7 @@ def test_uploads_over_the_cap_are_refused(client, live, tmp_path, example):
     assert httpx.post(live.url + "/classify", files={"file": example.open("rb")}, timeout=30).status_code == 200
 
 
-def test_page_names_the_labels_error_rate_and_source(live, tiny_model):  # noqa: F811
+def test_page_names_the_labels_error_rate_and_source(live, tiny_model):
     config = httpx.get(live.url + "/config", timeout=10).text
     for label in ("circle", "square", "triangle"):
         assert label in config
@@ -114,7 +113,7 @@ def test_internal_details_stay_in_the_server_log(live, tmp_path, image_server):
     assert "Traceback" not in r.text and "serving/" not in r.text
 
 
-def test_serving_path_imports_neither_torch_nor_fastai(tiny_model):  # noqa: F811
+def test_serving_path_imports_neither_torch_nor_fastai(tiny_model):
     code = "import sys, app; bad = {'torch', 'fastai'} & set(sys.modules); assert not bad, bad; print(app.model.labels)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
                          env={**LiveApp({}).env, "MODEL_DIR": str(tiny_model.folder)})

@@ -1,29 +1,12 @@
 """app.py in headless Chromium: upload an example, submit, read the top label off the page."""
 from __future__ import annotations
 
-import shutil
-
-import pytest
-
 from serving.model import Classifier
-from tests.live_app import ROOT, LiveApp
-from tests.tiny_model import tiny_model  # noqa: F401
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-SCREENSHOTS = ROOT / "tests" / "artifacts"  # kept after the run (git-ignored) so a person can look
+from tests.conftest import SCREENSHOTS
+from tests.live_app import LiveApp
 
 
-@pytest.fixture(scope="module")
-def browser():
-    playwright = pytest.importorskip("playwright.sync_api")
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                    args=["--no-sandbox", "--disable-background-networking"])
-        yield browser
-        browser.close()
-
-
-def test_upload_submit_and_read_the_top_label(browser, tiny_model):  # noqa: F811
+def test_upload_submit_and_read_the_top_label(browser, tiny_model):
     example = sorted((tiny_model.folder / "examples").glob("*"))[0]
     probs = Classifier.from_folder(tiny_model.folder).classify(example)
     with LiveApp({"MODEL_DIR": str(tiny_model.folder)}) as app:

@@ -6,7 +6,6 @@ import pytest
 
 from tests.hub_server import StandInHub
 from tests.live_app import LiveApp
-from tests.tiny_model import tiny_model  # noqa: F401
 
 REPO = "alice/tiny-shapes"
 
@@ -20,7 +19,7 @@ def _resolves(hub: StandInHub, name: str) -> int:
                and r.path.split("?")[0].endswith(f"/{name}") and 0 < r.status < 400)
 
 
-def test_app_downloads_the_pinned_revision_once_then_starts_offline(tiny_model, tmp_path):  # noqa: F811
+def test_app_downloads_the_pinned_revision_once_then_starts_offline(tiny_model, tmp_path):
     example = sorted((tiny_model.folder / "examples").glob("*"))[0]
     with StandInHub() as hub:
         hub.create("model", REPO)

@@ -20,7 +20,7 @@ from fastai.vision.learner import vision_learner
 from torchvision.models import resnet18
 
 from serving.model import Classifier
-from tests.tiny_model import draw_shape, tiny_model  # noqa: F401
+from tests.tiny_model import draw_shape
 from training.convert import convert
 from training.errors import StageError
 from training.train import build_dataloaders

@@ -14,7 +14,7 @@ from gradio_client import Client, handle_file
 from serving.model import Classifier
 from tests.hub_server import HARDWARE_REFUSAL_MESSAGE, SPACE_REFUSAL_MESSAGE, StandInHub
 from tests.live_app import ROOT, LiveApp
-from tests.tiny_model import make_images, tiny_model  # noqa: F401
+from tests.tiny_model import make_images
 
 TOKEN = "hf_deployTestToken41c07e"
 MODEL = "alice/tiny-shapes"
@@ -48,7 +48,7 @@ def logged_in(hf_home, token: str = TOKEN):
 
 
 @pytest.fixture(scope="module")
-def hub(tiny_model):  # noqa: F811
+def hub(tiny_model):
     """A Hub where alice has published the tiny model; `.published` is its commit."""
     with StandInHub(tokens={TOKEN: "alice"}) as running:
         running.create("model", MODEL)
@@ -64,7 +64,7 @@ def deployed(hub, tmp_path_factory):
     return done
 
 
-def test_deploy_uploads_the_app_serving_code_and_examples_in_one_commit(tiny_model, hub, deployed):  # noqa: F811
+def test_deploy_uploads_the_app_serving_code_and_examples_in_one_commit(tiny_model, hub, deployed):
     assert deployed.stdout == f"{hub.endpoint}/spaces/{SPACE}\n"
     assert "token from your saved login" in deployed.stderr
     assert hub.repo("space", SPACE).sdk == "gradio"
@@ -106,7 +106,7 @@ def test_serving_code_never_imports_training():
             assert not any(n == "training" or n.startswith("training.") for n in names), f"{path} imports {names}"
 
 
-def test_the_space_runs_from_its_own_files_alone(tiny_model, hub, deployed, tmp_path):  # noqa: F811
+def test_the_space_runs_from_its_own_files_alone(tiny_model, hub, deployed, tmp_path):
     space = tmp_path / "space"
     for name, data in hub.files("space", SPACE).items():
         (space / name).parent.mkdir(parents=True, exist_ok=True)
@@ -130,7 +130,7 @@ def test_the_space_runs_from_its_own_files_alone(tiny_model, hub, deployed, tmp_
     assert label["label"] == max(want, key=want.get)
 
 
-def test_dry_run_writes_exactly_the_space_files_and_contacts_nobody(tiny_model, hub, deployed, tmp_path):  # noqa: F811
+def test_dry_run_writes_exactly_the_space_files_and_contacts_nobody(tiny_model, hub, deployed, tmp_path):
     seen, out = len(hub.requests), tmp_path / "space"
     done = training(*deploy_args(hub.published, "--dry-run", "--out", str(out), "--model-dir", str(tiny_model.folder)),
                     env=hub.client_env(tmp_path / "hf"))
@@ -139,7 +139,7 @@ def test_dry_run_writes_exactly_the_space_files_and_contacts_nobody(tiny_model, 
     assert len(hub.requests) == seen
 
 
-def test_a_branch_is_refused_unless_allowed(tiny_model, tmp_path):  # noqa: F811
+def test_a_branch_is_refused_unless_allowed(tiny_model, tmp_path):
     with StandInHub(tokens={TOKEN: "alice"}) as hub:
         hub.create("model", MODEL)
         hub.commit("model", MODEL, model_files(tiny_model.folder))
@@ -158,7 +158,7 @@ def test_a_branch_is_refused_unless_allowed(tiny_model, tmp_path):  # noqa: F811
     ({"refuse_space_creation": True}, [], SPACE_REFUSAL_MESSAGE.format(sdk="gradio")),
     ({}, ["--hardware", "t4-small"], HARDWARE_REFUSAL_MESSAGE.format(hardware="t4-small")),
 ], ids=["space-creation", "paid-hardware"])
-def test_a_refusal_says_why_and_what_the_options_are(tiny_model, tmp_path, refusal, extra, message):  # noqa: F811
+def test_a_refusal_says_why_and_what_the_options_are(tiny_model, tmp_path, refusal, extra, message):
     with StandInHub(tokens={TOKEN: "alice"}, **refusal) as hub:
         hub.create("model", MODEL)
         sha = hub.commit("model", MODEL, model_files(tiny_model.folder))
@@ -169,7 +169,7 @@ def test_a_refusal_says_why_and_what_the_options_are(tiny_model, tmp_path, refus
             hub.repo("space", SPACE)  # nothing half-made
 
 
-def test_the_token_is_never_printed_nor_written(tiny_model, tmp_path):  # noqa: F811
+def test_the_token_is_never_printed_nor_written(tiny_model, tmp_path):
     with StandInHub(tokens={TOKEN: "alice"}) as hub:
         env = hub.client_env(tmp_path / "hf", token=TOKEN)
         runs = [training("-v", "publish", tiny_model.folder, "--repo-id", MODEL, env=env)]

@@ -9,7 +9,6 @@ import pytest
 from fastai.learner import load_learner
 from PIL import Image
 
-from tests.tiny_model import tiny_model  # noqa: F401
 from training.evaluate import compute_metrics, confusions, diagnose, read_history
 from training.train import build_dataloaders
 

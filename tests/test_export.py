@@ -17,7 +17,7 @@ from fastai.vision.core import imagenet_stats
 from PIL import Image
 
 from serving.model import Classifier
-from tests.tiny_model import PER_LABEL, SHAPES, SUMMARY, tiny_model  # noqa: F401
+from tests.tiny_model import PER_LABEL, SHAPES, SUMMARY
 from training.errors import StageError
 from training.export import resize_rule, write_examples
 from training.train import build_dataloaders

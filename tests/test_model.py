@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from serving.model import Classifier, ModelFolderError, softmax
-from tests.tiny_model import draw_shape, tiny_model  # noqa: F401
+from tests.tiny_model import draw_shape
 
 REPO = Path(__file__).resolve().parents[1]
 

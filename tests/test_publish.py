@@ -15,7 +15,7 @@ from huggingface_hub import ModelCard, constants, snapshot_download
 from serving.model import Classifier
 from tests.hub_server import StandInHub
 from tests.live_app import ROOT
-from tests.tiny_model import make_images, tiny_model  # noqa: F401
+from tests.tiny_model import make_images
 
 TOKEN = "hf_publishTestToken7f3a9c"
 REPO = "alice/tiny-shapes"
@@ -48,7 +48,7 @@ def hub():
 
 
 @pytest.fixture(scope="module")
-def published(tiny_model, hub, tmp_path_factory):  # noqa: F811
+def published(tiny_model, hub, tmp_path_factory):
     """Publish the tiny model once: (completed process, commit sha)."""
     done = publish(tiny_model.folder, "--repo-id", REPO, env=hub.client_env(tmp_path_factory.mktemp("hf"), token=TOKEN))
     assert done.returncode == 0, done.stderr[-3000:]
@@ -62,7 +62,7 @@ def card(hub, published, tmp_path_factory) -> ModelCard:
     return ModelCard.load(path)
 
 
-def test_publish_uploads_the_model_folder_and_its_card_in_one_commit(tiny_model, hub, published):  # noqa: F811
+def test_publish_uploads_the_model_folder_and_its_card_in_one_commit(tiny_model, hub, published):
     done, sha = published
     assert SHA.fullmatch(sha) and done.stdout == sha + "\n"  # the sha alone on stdout, for scripts
     commits = hub.commits("model", REPO)
@@ -75,14 +75,14 @@ def test_publish_uploads_the_model_folder_and_its_card_in_one_commit(tiny_model,
     assert f"/{REPO}/tree/{sha}" in done.stderr  # the URL is logged
 
 
-def test_publishing_again_with_nothing_new_makes_no_commit(tiny_model, hub, published, tmp_path):  # noqa: F811
+def test_publishing_again_with_nothing_new_makes_no_commit(tiny_model, hub, published, tmp_path):
     again = publish(tiny_model.folder, "--repo-id", REPO, env=hub.client_env(tmp_path, token=TOKEN))
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.strip() == published[1] == hub.commits("model", REPO)[-1].oid
     assert len(hub.commits("model", REPO)) == 2
 
 
-def test_card_metadata_has_what_the_hub_indexes(tiny_model, card):  # noqa: F811
+def test_card_metadata_has_what_the_hub_indexes(tiny_model, card):
     accuracy = json.loads((tiny_model.folder / "config.json").read_text())["metrics"]["accuracy"]
     data = card.data
     assert data.library_name == "fastai" and data.pipeline_tag == "image-classification"
@@ -95,7 +95,7 @@ def test_card_metadata_has_what_the_hub_indexes(tiny_model, card):  # noqa: F811
     assert results["accuracy"].dataset_split == "validation" and results["accuracy"].task_type == "image-classification"
 
 
-def test_card_body_documents_the_model(tiny_model, card):  # noqa: F811
+def test_card_body_documents_the_model(tiny_model, card):
     config = Classifier.from_folder(tiny_model.folder).config
     text = card.text
     for label, m in config["metrics"]["per_class"].items():
@@ -111,7 +111,7 @@ def test_card_body_documents_the_model(tiny_model, card):  # noqa: F811
         assert snippet in text
 
 
-def test_the_pushed_model_classifies_like_the_local_folder(tiny_model, hub, published, tmp_path):  # noqa: F811
+def test_the_pushed_model_classifies_like_the_local_folder(tiny_model, hub, published, tmp_path):
     folder = snapshot_download(REPO, revision=published[1], endpoint=hub.endpoint, cache_dir=tmp_path, token=False)
     remote, local = Classifier.from_folder(folder), Classifier.from_folder(tiny_model.folder)
     images = sorted((tiny_model.folder / "examples").glob("*")) + sorted((tiny_model.data / "images").glob("*/*"))[:6]
@@ -121,7 +121,7 @@ def test_the_pushed_model_classifies_like_the_local_folder(tiny_model, hub, publ
 
 
 @pytest.mark.parametrize("heading", ["### onnxruntime", "### fastai"])
-def test_the_cards_snippets_run_and_agree_with_the_app(tiny_model, hub, card, tmp_path, heading):  # noqa: F811
+def test_the_cards_snippets_run_and_agree_with_the_app(tiny_model, hub, card, tmp_path, heading):
     code = re.search(re.escape(heading) + r".*?```python\n(.*?)```", card.text, re.S).group(1)
     photo = sorted((tiny_model.folder / "examples").glob("*"))[0]
     if heading == "### fastai":
@@ -135,7 +135,7 @@ def test_the_cards_snippets_run_and_agree_with_the_app(tiny_model, hub, card, tm
     assert np.allclose(list(printed.values()), list(want.values()), atol=1e-3)
 
 
-def test_dry_run_writes_exactly_the_upload_and_contacts_nobody(tiny_model, hub, published, tmp_path):  # noqa: F811
+def test_dry_run_writes_exactly_the_upload_and_contacts_nobody(tiny_model, hub, published, tmp_path):
     seen = len(hub.requests)
     out = tmp_path / "upload"
     # No token at all: a dry run needs none.
@@ -152,7 +152,7 @@ def test_dry_run_writes_exactly_the_upload_and_contacts_nobody(tiny_model, hub, 
     assert again.returncode == 2 and "not an empty folder" in again.stderr  # never clears a folder
 
 
-def test_without_a_token_it_stops_before_contacting_the_hub(tiny_model, tmp_path):  # noqa: F811
+def test_without_a_token_it_stops_before_contacting_the_hub(tiny_model, tmp_path):
     with StandInHub(tokens={TOKEN: "alice"}) as hub:
         done = publish(tiny_model.folder, "--repo-id", REPO, env=hub.client_env(tmp_path / "hf"))
         assert hub.requests == []
@@ -161,7 +161,7 @@ def test_without_a_token_it_stops_before_contacting_the_hub(tiny_model, tmp_path
     assert "Traceback" not in done.stderr
 
 
-def test_a_refused_token_is_reported_and_not_echoed(tiny_model, tmp_path):  # noqa: F811
+def test_a_refused_token_is_reported_and_not_echoed(tiny_model, tmp_path):
     wrong = "hf_wrongTokenDoNotPrint123"
     with StandInHub(tokens={TOKEN: "alice"}) as hub:
         done = publish(tiny_model.folder, "--repo-id", REPO, env=hub.client_env(tmp_path / "hf", token=wrong))
@@ -171,13 +171,13 @@ def test_a_refused_token_is_reported_and_not_echoed(tiny_model, tmp_path):  # no
     assert wrong not in done.stderr + done.stdout and "Traceback" not in done.stderr
 
 
-def test_a_namespace_that_is_not_yours_is_refused_before_uploading(tiny_model, hub, tmp_path):  # noqa: F811
+def test_a_namespace_that_is_not_yours_is_refused_before_uploading(tiny_model, hub, tmp_path):
     done = publish(tiny_model.folder, "--repo-id", "bob/shapes", env=hub.client_env(tmp_path / "hf", token=TOKEN))
     assert done.returncode == 2 and "alice cannot write to bob/shapes" in done.stderr
     assert "alice/shapes" in done.stderr  # the fix
 
 
-def test_private_is_not_silently_ignored_for_an_existing_public_repo(tiny_model, hub, published, tmp_path):  # noqa: F811
+def test_private_is_not_silently_ignored_for_an_existing_public_repo(tiny_model, hub, published, tmp_path):
     env = hub.client_env(tmp_path / "hf", token=TOKEN)
     done = publish(tiny_model.folder, "--repo-id", REPO, "--private", env=env)
     assert done.returncode == 2 and f"{REPO} already exists and is public" in done.stderr
@@ -195,7 +195,7 @@ def test_all_with_a_bad_token_stops_before_building_the_dataset(tmp_path):
     assert not (tmp_path / "data").exists() and not (tmp_path / "model").exists()
 
 
-def test_an_interrupted_upload_leaves_the_previous_commit_and_a_rerun_finishes(tiny_model, tmp_path):  # noqa: F811
+def test_an_interrupted_upload_leaves_the_previous_commit_and_a_rerun_finishes(tiny_model, tmp_path):
     folder = tmp_path / "model"
     shutil.copytree(tiny_model.folder, folder)
     with StandInHub(tokens={TOKEN: "alice"}) as hub:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tiny_model import make_images, tiny_model  # noqa: F401
+from tests.tiny_model import make_images
 from training.config import Config
 from training.data import build_dataset
 from training.errors import StageError
@@ -20,13 +20,13 @@ from training.review_log import ReviewLog, read_log
 
 
 @pytest.fixture
-def data(tiny_model, tmp_path):  # noqa: F811
+def data(tiny_model, tmp_path):
     """A copy of the tiny model's data folder, so changes stay in this test."""
     return Path(shutil.copytree(tiny_model.data, tmp_path / "data"))
 
 
 @pytest.fixture
-def review(tiny_model, data):  # noqa: F811
+def review(tiny_model, data):
     session = open_review(tiny_model.folder, data)
     yield session
     session.close()
@@ -46,7 +46,7 @@ def _hard(review, label: str) -> str:
     return review.hardest(label, "valid", 1)[0].original
 
 
-def test_split_is_the_one_training_drew(tiny_model):  # noqa: F811
+def test_split_is_the_one_training_drew(tiny_model):
     config = json.loads((tiny_model.folder / "config.json").read_text())
     split, warnings = draw_split(config, tiny_model.data, ReviewLog([]), trained_at=0.0)
     valid = {o for o, s in split.items() if s == "valid"}
@@ -56,7 +56,7 @@ def test_split_is_the_one_training_drew(tiny_model):  # noqa: F811
     assert {"/".join(Path(r["file"]).parts[-3:]) for r in reported} <= valid
 
 
-def test_losses_are_the_ones_training_reported(tiny_model, review):  # noqa: F811
+def test_losses_are_the_ones_training_reported(tiny_model, review):
     reported = json.loads((tiny_model.folder / "report" / "metrics.json").read_text())["top_losses"]
     cards = {c.original: c for label in review.labels for c in review.hardest(label, "valid", 100)}
     for r in reported:
@@ -131,7 +131,7 @@ def test_undo_reverses_the_latest_change_each_time(review, data):
         review.data.undo()
 
 
-def test_a_second_page_on_the_same_data_is_refused(tiny_model, review, data):  # noqa: F811
+def test_a_second_page_on_the_same_data_is_refused(tiny_model, review, data):
     with pytest.raises(StageError, match=r"in use by python -m training review \(pid \d+\).*stop it"):
         open_review(tiny_model.folder, data)
     with pytest.raises(StageError, match="in use by"):
@@ -168,7 +168,7 @@ def test_a_failed_write_leaves_nothing_half_applied(review, data, blocked):
     assert (data / "trash" / victim).is_file()
 
 
-def test_a_change_interrupted_before_the_move_is_finished_next_time(tiny_model, review, data):  # noqa: F811
+def test_a_change_interrupted_before_the_move_is_finished_next_time(tiny_model, review, data):
     image = _hard(review, "circle")
     review.data.keep(_hard(review, "square"))
     review.close()
@@ -183,7 +183,7 @@ def test_a_change_interrupted_before_the_move_is_finished_next_time(tiny_model, 
         again.close()
 
 
-def test_models_and_data_that_dont_belong_together_are_refused(tiny_model, data):  # noqa: F811
+def test_models_and_data_that_dont_belong_together_are_refused(tiny_model, data):
     (data / "images" / "square").rename(data / "images" / "box")
     with pytest.raises(StageError, match=r"don't belong together: .* labels circle, square, triangle but .* has "
                                          r"box, circle, triangle\. Pass the data folder"):
@@ -197,7 +197,7 @@ def test_models_and_data_that_dont_belong_together_are_refused(tiny_model, data)
     assert not (data / "review_split.json").exists() and not (data / "manifest.csv").exists()
 
 
-def test_missing_images_are_refused(tiny_model, tmp_path):  # noqa: F811
+def test_missing_images_are_refused(tiny_model, tmp_path):
     (tmp_path / "empty" / "images" / "circle").mkdir(parents=True)
     with pytest.raises(StageError, match=r"no images in .*empty/images.*--data"):
         open_review(tiny_model.folder, tmp_path / "empty")
@@ -226,7 +226,7 @@ def _unprivileged(fn) -> tuple[int, str]:
     return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), message
 
 
-def test_a_read_only_data_folder_is_refused_before_anything_changes(tiny_model):  # noqa: F811
+def test_a_read_only_data_folder_is_refused_before_anything_changes(tiny_model):
     # A folder `nobody` can read (tmp_path is private to root): a copy of the model and of the data.
     root = Path(tempfile.mkdtemp(prefix="review-ro-"))
     try:
@@ -275,7 +275,7 @@ def test_a_data_rerun_keeps_review_decisions(tmp_path):
     assert [r for r in read_manifest(data / "manifest.csv") if r.file == moved][0].reason == ""
 
 
-def test_cli_says_what_is_wrong_without_a_traceback(tiny_model, tmp_path):  # noqa: F811
+def test_cli_says_what_is_wrong_without_a_traceback(tiny_model, tmp_path):
     import subprocess
     import sys
 

@@ -7,22 +7,9 @@ import sys
 from dataclasses import astuple
 from pathlib import Path
 
-import pytest
-
+from tests.conftest import SCREENSHOTS
 from tests.live_app import ROOT, LiveApp
-from tests.test_app_browser import CHROMIUM, SCREENSHOTS
-from tests.tiny_model import tiny_model  # noqa: F401
 from training.manifest import read_manifest
-
-
-@pytest.fixture(scope="module")
-def browser():
-    playwright = pytest.importorskip("playwright.sync_api")
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                    args=["--no-sandbox", "--disable-background-networking"])
-        yield browser
-        browser.close()
 
 
 def _review_command(model: Path, data: Path, port: int) -> list[str]:
@@ -34,7 +21,7 @@ def _row(data: Path, url: str) -> tuple[str, ...]:
     return astuple(next(r for r in read_manifest(data / "manifest.csv") if r.url == url))
 
 
-def test_delete_relabel_and_undo_on_the_page(browser, tiny_model, tmp_path):  # noqa: F811
+def test_delete_relabel_and_undo_on_the_page(browser, tiny_model, tmp_path):
     data = Path(shutil.copytree(tiny_model.data, tmp_path / "data"))
     app = LiveApp({})
     app.command = _review_command(tiny_model.folder, data, app.port)

@@ -3,7 +3,6 @@ sentences and animation, and the tab in headless Chromium (screenshots in tests/
 from __future__ import annotations
 
 import json
-import shutil
 
 import httpx
 import numpy as np
@@ -13,16 +12,14 @@ from gradio_client.exceptions import AppError
 
 from serving import sgd_tab
 from serving.sgd import fit_line
-from tests.live_app import ROOT, LiveApp
-from tests.tiny_model import tiny_model  # noqa: F401
+from tests.conftest import SCREENSHOTS
+from tests.live_app import LiveApp
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-SCREENSHOTS = ROOT / "tests" / "artifacts"  # kept after the run (git-ignored) so a person can look
 PREFIX = "Can't train with these settings: "
 
 
 @pytest.fixture(scope="module")
-def live(tiny_model):  # noqa: F811
+def live(tiny_model):
     with LiveApp({"MODEL_DIR": str(tiny_model.folder)}) as app:
         yield app
 
@@ -125,16 +122,12 @@ def test_page_settings_that_cannot_train_become_a_visitor_message():
 
 
 @pytest.fixture(scope="module")
-def page(live):
-    playwright = pytest.importorskip("playwright.sync_api")
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                    args=["--no-sandbox", "--disable-background-networking"])
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.goto(live.url, wait_until="networkidle")
-        page.get_by_role("tab", name="How training works").click()
-        yield page
-        browser.close()
+def page(live, browser):
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(live.url, wait_until="networkidle")
+    page.get_by_role("tab", name="How training works").click()
+    yield page
+    page.close()
 
 
 def test_tab_opens_on_a_finished_run_with_its_explanation(page):

@@ -2,9 +2,8 @@
 
 Three labels anyone can tell apart (red circles, green squares, blue triangles at random places and sizes
 on random grey backgrounds), 20 JPEGs of 96x96 each, resnet18 from random weights at 64px on the CPU for
-five epochs: about 15 s on 2 cores, export included. Test modules import the fixture:
-
-    from tests.tiny_model import tiny_model  # noqa: F401
+five epochs: about 15 s on 2 cores, export included. tests/conftest.py imports the `tiny_model` fixture,
+so any test can ask for it by name.
 """
 from __future__ import annotations
 

@@ -14,7 +14,6 @@ import tarfile
 import zipfile
 from pathlib import Path
 
-from training.config import Config
 from training.errors import StageError
 
 log = logging.getLogger(__name__)
