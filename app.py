@@ -57,6 +57,11 @@ classifier_tab = gr.Interface(
 sgd_tab = build_sgd_tab()
 demo = gr.TabbedInterface([classifier_tab, sgd_tab], ["Classify", "How training works"])
 demo.queue(max_size=64, default_concurrency_limit=2)  # bounded: past 64 waiting, visitors are told it's busy
+# Memory and disk stay flat under load (bench/load.py). Gradio keeps a copy of every component's config for
+# each session, and every API call is a new session: with its default of 10,000, RSS grew ~55 KB a call here.
+# This app keeps nothing in a session (the SGD tab sends its state with each event), so old ones can go.
+demo.state_session_capacity = 256
+demo.delete_cache = (60, 600)  # every minute, delete uploads older than 10 minutes; else they pile up on disk
 
 app = gr.mount_gradio_app(
     json_api(model, max_bytes=MAX_UPLOAD_BYTES), demo, path="/", max_file_size=MAX_UPLOAD_BYTES, show_error=False,

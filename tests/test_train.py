@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tiny_model import PER_LABEL, SHAPES, make_images, tiny_config, tiny_model  # noqa: F401
+from tests.tiny_model import PER_LABEL, SHAPES, make_images, tiny_config
 from training.errors import StageError
 from training.train import build_dataloaders, count_images, train
 

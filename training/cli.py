@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 from training.config import DEFAULT_LABELS, Config
@@ -163,7 +164,9 @@ def _dry_run_out(args: argparse.Namespace) -> Path | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+    # Under `accelerate launch` every process runs this; only the main one (RANK 0) reports progress.
+    quiet = int(os.environ.get("RANK", "0")) > 0
+    logging.basicConfig(level=logging.WARNING if quiet else logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     if not args.verbose:
         logging.getLogger("httpx2").setLevel(logging.WARNING)  # huggingface_hub's client: one line per request

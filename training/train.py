@@ -34,6 +34,7 @@ from fastai.vision.learner import vision_learner
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from training import distributed
 from training.config import Config
 from training.errors import StageError
 from training.evaluate import evaluate
@@ -49,22 +50,37 @@ def train(cfg: Config) -> Path:
     """Fine-tune, evaluate and export; return the model folder."""
     images = cfg.data_dir / "images"
     counts = count_images(images)
+    device = distributed.join()  # None in a single process
     set_seed(cfg.seed, reproducible=True)
-    dls = build_dataloaders(cfg, images)
+    dls = build_dataloaders(cfg, images, device)
     learn = build_learner(dls, cfg)
-    out, report = cfg.model_dir, cfg.model_dir / "report"
-    report.mkdir(parents=True, exist_ok=True)
-    (report / "lr_find.png").unlink(missing_ok=True)  # a rerun with --lr must not keep an old run's plot
-    lr = cfg.lr if cfg.lr is not None else find_lr(learn, report / "lr_find.png")
+    report = cfg.model_dir / "report"
+    if distributed.is_main():
+        report.mkdir(parents=True, exist_ok=True)
+        (report / "lr_find.png").unlink(missing_ok=True)  # a rerun with --lr must not keep an old run's plot
+    # With several processes the main one runs the finder by itself and tells the others its suggestion.
+    lr = cfg.lr if cfg.lr is not None else distributed.on_main(lambda: find_lr(learn, report / "lr_find.png"))
     seconds = _fit(learn, cfg.epochs, lr, report / "history.csv")
-    evaluation = evaluate(learn, report)
+    if not distributed.is_main():
+        return cfg.model_dir  # the main process evaluates and writes the one model folder
+    processes = distributed.world_size()
+    with distributed.alone():  # the main process evaluates the whole validation split by itself
+        evaluation = evaluate(learn, report)
+    resolved = cfg.replace(data=cfg.data_dir, out=cfg.model_dir, lr=lr, batch_size=dls.bs)
+    return _write_model(learn, resolved, evaluation, _dataset_summary(cfg.data_dir, counts, dls), seconds, processes)
+
+
+def _write_model(learn, resolved: Config, evaluation, dataset: dict, seconds: float, processes: int) -> Path:
+    """Write settings.json and the model folder; log the run's one-line summary."""
+    out = resolved.model_dir
     learn.to_fp32()  # export.pkl and model.onnx are float32 whatever trained them
-    resolved = cfg.replace(data=cfg.data_dir, out=out, lr=lr, batch_size=dls.bs)
     resolved.write(out / "settings.json")
-    info = _config_info(resolved, evaluation.metrics, _dataset_summary(cfg.data_dir, counts, dls), seconds)
+    info = _config_info(resolved, evaluation.metrics, dataset, seconds, processes)
     export(learn, out, info=info, examples=evaluation.examples(EXAMPLES_PER_LABEL))
-    log.info("trained %s for %d epochs in %.0f s at lr %.2g: error rate %.1f%% on %d validation images; wrote %s",
-             cfg.arch, cfg.epochs, seconds, lr, 100 * evaluation.metrics["error_rate"], len(dls.valid_ds), out)
+    log.info("trained %s for %d epochs in %.0f s at lr %.2g%s: error rate %.1f%% on %d validation images; wrote %s",
+             resolved.arch, resolved.epochs, seconds, resolved.lr,
+             f" on {processes} processes" if processes > 1 else "",
+             100 * evaluation.metrics["error_rate"], dataset["valid_images"], out)
     return out
 
 
@@ -92,7 +108,7 @@ def count_images(images: Path) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def build_dataloaders(cfg: Config, images: Path):
+def build_dataloaders(cfg: Config, images: Path, device: torch.device | None = None):
     """The DataBlock of the lesson, split by cfg.seed; raises StageError if the split leaves a label out."""
     items = get_image_files(images)
     splitter = RandomSplitter(cfg.valid_pct, seed=cfg.seed)
@@ -100,11 +116,16 @@ def build_dataloaders(cfg: Config, images: Path):
     block = DataBlock(blocks=(ImageBlock, CategoryBlock), get_items=get_image_files, get_y=parent_label,
                       splitter=splitter, item_tfms=RandomResizedCrop(cfg.size, min_scale=cfg.min_scale),
                       batch_tfms=[*aug_transforms(), Normalize.from_stats(*imagenet_stats)])
-    # The training loader drops its last partial batch, so a batch larger than the training set gives none.
-    bs = min(cfg.batch_size, n_train)
+    # The training loader drops its last partial batch, so a batch larger than the training set gives none;
+    # with several processes, each trains on its share of the training set.
+    share = n_train // distributed.world_size()
+    if share < 1:
+        raise StageError(f"{n_train} training images cannot be shared among {distributed.world_size()} processes; "
+                         "add images or start fewer processes")
+    bs = min(cfg.batch_size, share)
     if bs < cfg.batch_size:
-        log.warning("only %d training images: using batches of %d instead of %d", n_train, bs, cfg.batch_size)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        log.warning("only %d training images per process: using batches of %d instead of %d", share, bs, cfg.batch_size)
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return block.dataloaders(images, bs=bs, num_workers=_num_workers(), device=device)
 
 
@@ -187,14 +208,19 @@ def _plot_lr_find(lrs: list, losses: list, lr: float, path: Path) -> None:
 
 
 def _fit(learn, epochs: int, lr: float, history: Path) -> float:
-    """fine_tune with a CSV history; return the seconds it took."""
-    history.unlink(missing_ok=True)
+    """fine_tune (data-parallel when launched so) with a CSV history; return the seconds it took."""
+    main = distributed.is_main()
+    if main:
+        history.unlink(missing_ok=True)
     # fine_tune fits twice (frozen, then unfrozen); appending keeps the frozen epoch in the file.
-    logger = CSVLogger(history.resolve(), append=True)
+    # Every process sees the same gathered metrics, so only the main one writes them.
+    loggers = [CSVLogger(history.resolve(), append=True)] if main else []
     start = time.perf_counter()
-    learn.fine_tune(epochs, lr, cbs=[logger])
+    with distributed.data_parallel(learn):
+        learn.fine_tune(epochs, lr, cbs=loggers)
     seconds = time.perf_counter() - start
-    _tidy_history(history)
+    if main:
+        _tidy_history(history)
     return seconds
 
 
@@ -222,11 +248,12 @@ def _dataset_summary(data_dir: Path, counts: dict[str, int], dls) -> dict:
             "train_images": len(dls.train_ds), "valid_images": len(dls.valid_ds), "summary": summary}
 
 
-def _config_info(cfg: Config, metrics: dict, dataset: dict, seconds: float) -> dict:
+def _config_info(cfg: Config, metrics: dict, dataset: dict, seconds: float, processes: int) -> dict:
     """config.json's fields beyond labels and preprocessing, in the contract's order."""
     headline = {k: metrics[k] for k in ("error_rate", "accuracy", "valid_loss", "valid_images", "per_class")}
     return {"arch": cfg.arch, "pretrained": cfg.pretrained, "metrics": headline, "dataset": dataset,
             "seed": cfg.seed, "made_by": "train",
             "training": {"epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size,
                          "valid_pct": cfg.valid_pct, "size": cfg.size, "min_scale": cfg.min_scale,
-                         "device": "cuda" if torch.cuda.is_available() else "cpu", "seconds": round(seconds, 1)}}
+                         "device": "cuda" if torch.cuda.is_available() else "cpu", "processes": processes,
+                         "seconds": round(seconds, 1)}}
