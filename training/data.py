@@ -11,20 +11,18 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from pathlib import Path
 
 from training.clean import Source, clean_images
 from training.config import DEFAULT_LABELS, Config
 from training.download import download_all
 from training.errors import StageError
-from training.manifest import Row, count_rows, write_manifest
+from training.manifest import Row, check_label, count_rows, write_manifest
 from training.review_log import DataLock, read_log
 from training.search import SearchEngine, search_images
 from training.sources import archive_items, folder_items, read_url_list
 
 log = logging.getLogger(__name__)
-_SAFE_LABEL = re.compile(r"^[^/\\.\x00-\x1f][^/\\\x00-\x1f]*$")  # a label becomes a folder name
 
 
 def build_dataset(cfg: Config, engine: SearchEngine | None = None, allow_address=None) -> dict:
@@ -67,9 +65,8 @@ def _build(cfg: Config, engine: SearchEngine | None, allow_address) -> dict:
 
 def _gather_inputs(cfg: Config, engine: SearchEngine | None) -> list[tuple[str, str, bool]]:
     """(label, URL or path, is_url) for every input, in order; search only when nothing else is given."""
-    for label in cfg.labels:
-        if not _SAFE_LABEL.match(label):
-            raise StageError(f"label {label!r} can't be a folder name: drop slashes and leading dots")
+    for label in cfg.labels:  # before searching for them
+        check_label(label)
     pairs: list[tuple[str, str, bool]] = []
     if cfg.urls:
         pairs += [(label, url, True) for label, url in read_url_list(cfg.urls, cfg.labels)]
@@ -80,9 +77,8 @@ def _gather_inputs(cfg: Config, engine: SearchEngine | None) -> list[tuple[str, 
     if not (cfg.urls or cfg.from_folder or cfg.archive):
         found = search_images(cfg, engine)
         pairs = [(label, url, True) for label, urls in found.items() for url in urls]
-    for label in {p[0] for p in pairs}:
-        if not _SAFE_LABEL.match(label):
-            raise StageError(f"label {label!r} from the input can't be a folder name: rename it")
+    for label in {p[0] for p in pairs}:  # labels a CSV, folder or archive brought in
+        check_label(label)
     return pairs
 
 

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from serving.imaging import sniff_non_image
 from training.config import Config
 from training.errors import StageError
+from training.manifest import check_label
 
 log = logging.getLogger(__name__)
 
@@ -427,9 +428,7 @@ def _check_settings(items: Sequence[tuple[str, str]], cfg: Config) -> None:
     if cfg.workers < 1:
         raise StageError(f"workers is {cfg.workers}; pass --workers 1 or more")
     for label in {label for label, _ in items}:
-        if label in ("", ".", "..") or any(c in label for c in "/\\\0"):
-            raise StageError(f"label {label!r} cannot be a folder name; use a label without '/' or '\\' "
-                             "that is not empty, '.' or '..'")
+        check_label(label)
 
 
 def _run_sync(coro: Coroutine):

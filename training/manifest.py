@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from collections import Counter
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+
+from training.errors import StageError
 
 STATUSES = ("kept", "duplicate", "rejected", "failed")
 # Reasons `python -m training review` gives. A person's decision fits the four statuses above, so every count
@@ -26,6 +29,15 @@ class Row:
 
 
 FIELDS = [f.name for f in fields(Row)]
+# A label becomes a folder under images/: no slashes, no leading dot ("..", hidden), no control characters.
+_FOLDER_NAME = re.compile(r"^[^/\\.\x00-\x1f][^/\\\x00-\x1f]*$")
+
+
+def check_label(label: str) -> None:
+    """Raise StageError unless `label` can be a folder name under images/."""
+    if not _FOLDER_NAME.match(label):
+        raise StageError(f"label {label!r} can't be a folder name: rename it without slashes, a leading dot "
+                         "or control characters")
 
 
 def write_manifest(rows: list[Row], path: Path) -> None:
