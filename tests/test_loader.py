@@ -1,0 +1,36 @@
+"""serving/loader.py: which model the app serves, and the fastai path for a folder holding only export.pkl."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from serving.fastai_model import FastaiModel
+from serving.loader import NoModel, load_model
+from serving.model import Classifier
+
+
+def test_a_model_folder_is_served_with_onnx(tiny_model):
+    loaded = load_model({"MODEL_DIR": str(tiny_model.folder)})
+    assert isinstance(loaded.model, Classifier) and loaded.source == str(tiny_model.folder)
+    assert loaded.examples and loaded.error_rate == loaded.model.config["metrics"]["error_rate"]
+
+
+def test_a_folder_with_only_export_pkl_is_served_through_fastai(tiny_model, tmp_path):
+    shutil.copy(tiny_model.folder / "export.pkl", tmp_path / "export.pkl")
+    loaded = load_model({"MODEL_DIR": str(tmp_path)})
+    assert isinstance(loaded.model, FastaiModel)
+    onnx = Classifier.from_folder(tiny_model.folder)
+    for example in sorted((tiny_model.folder / "examples").glob("*")):
+        slow, fast = loaded.model.classify(example), onnx.classify(example)
+        assert slow.keys() == fast.keys()
+        assert all(abs(slow[k] - fast[k]) < 1e-4 for k in fast)
+
+
+@pytest.mark.parametrize("make", ["missing", "empty"])
+def test_no_model_says_how_to_get_one(tmp_path, make):
+    folder = tmp_path / "model"
+    if make == "empty":
+        folder.mkdir()
+    with pytest.raises(NoModel, match="python -m training"):
+        load_model({"MODEL_DIR": str(folder)})
