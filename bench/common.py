@@ -7,6 +7,7 @@ downloaded here).
 from __future__ import annotations
 
 import io
+import sys
 import time
 from pathlib import Path
 
@@ -31,15 +32,31 @@ def model_folder(arch: str = "resnet18", size: int = 224) -> Path:
                         batch_size=16, lr=1e-3, seed=0))
 
 
-def photo_jpeg(width: int, height: int, seed: int = 0) -> bytes:
-    """A JPEG with photo-like content (smooth gradients plus noise), so its size and decode cost are realistic."""
+def photo_jpeg(width: int, height: int, seed: int = 0, noise: float = 18) -> bytes:
+    """A JPEG with photo-like content (smooth gradients plus noise), so its size and decode cost are realistic.
+
+    Decoding cost follows file size. At 12 MP, noise=8 gives 3.1 MB, a typical phone photo (2-4 MB);
+    the default 18 gives 5.6 MB, a grainy low-light one.
+    """
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
     base = np.stack([x / width * 255, y / height * 255, (x + y) / (width + height) * 255], axis=-1)
-    noisy = np.clip(base + rng.normal(0, 18, base.shape), 0, 255).astype(np.uint8)
+    noisy = np.clip(base + rng.normal(0, noise, base.shape), 0, 255).astype(np.uint8)
     out = io.BytesIO()
     Image.fromarray(noisy).save(out, "JPEG", quality=90)
     return out.getvalue()
+
+
+def as_deployed(script: str) -> list[str]:
+    """The command that runs `script` (app.py or bench/course_app.py) with the packages its Space would have.
+
+    IPython is on this development machine but in neither Space's requirements (requirements.txt; fastai and
+    gradio for the course app), and Gradio imports it at start-up whenever it is installed: ~0.4 s and ~20 MB
+    that no deployed app pays. So both apps run with it hidden.
+    """
+    code = (f"import runpy, sys; sys.modules['IPython'] = None; sys.argv = [{script!r}]; "
+            f"runpy.run_path({script!r}, run_name='__main__')")
+    return [sys.executable, "-c", code]
 
 
 def gradio_predict(client: httpx.Client, url: str, image: bytes, api: str = "predict") -> dict:

@@ -1,6 +1,6 @@
 """The app's "How training works" tab: watch SGD fit a line, and the /sgd API endpoint behind it.
 
-    app.py:   sgd_tab = build_sgd_tab()
+    app.py:   with gr.Tab("How training works"): build_sgd_tab(demo)
     client:   Client(url).predict(n_points=100, noise=0.5, learning_rate=0.1, batch_size=10, epochs=10,
                                   api_name="/sgd")   # {"a1": 2.97, "a2": 2.0, "loss": 0.237, ...}
 
@@ -56,30 +56,32 @@ HEADLINES = {
 }
 
 
-def build_sgd_tab() -> gr.Blocks:
-    """The tab's controls, plot and explanation, plus the /sgd API endpoint."""
+def build_sgd_tab(page: gr.Blocks) -> None:
+    """The tab's controls, plot and explanation, plus the /sgd API endpoint, built inside `with gr.Tab(...)`.
+
+    Built into the page rather than as a Blocks of its own: every gr.Blocks builds its own FastAPI app when
+    it closes, so each extra one adds to the app's start-up.
+    """
     start = fit_line(**DEFAULTS)  # shown before the first click, so the tab never opens empty
-    with gr.Blocks() as tab:
-        gr.Markdown(INTRO)
-        with gr.Row():
-            with gr.Column(scale=1, min_width=240):
-                inputs = _controls()
-                train = gr.Button("Train", variant="primary")
-            with gr.Column(scale=3):
-                plot = gr.Plot(label="Points and line · loss", show_label=False, format="png")
-                step = gr.Slider(0, start.steps, value=start.steps, step=1, label="Step",
-                                 info="Drag to go back and forth through training.")
-                verdict = gr.Markdown(_markdown(start))
-        gr.Markdown(WORDS)
-        # The settings of the run on screen, not the run: a run is cheap to recompute (seeded, under a
-        # second), and a gr.State would make the page stateful, so each visitor's browser would hold a
-        # heartbeat connection to one server process and replicas could no longer share the load.
-        shown = gr.JSON(DEFAULTS, visible=False)
-        train.click(_animate, inputs, [plot, step, verdict, shown], api_visibility="private")
-        step.input(_show_step, [shown, step], plot, trigger_mode="always_last", api_visibility="private")
-        gr.api(sgd, api_name="sgd")
-        tab.load(functools.partial(_first_plot, plot), None, plot, api_visibility="private", queue=False)
-    return tab
+    gr.Markdown(INTRO)
+    with gr.Row():
+        with gr.Column(scale=1, min_width=240):
+            inputs = _controls()
+            train = gr.Button("Train", variant="primary")
+        with gr.Column(scale=3):
+            plot = gr.Plot(label="Points and line · loss", show_label=False, format="png")
+            step = gr.Slider(0, start.steps, value=start.steps, step=1, label="Step",
+                             info="Drag to go back and forth through training.")
+            verdict = gr.Markdown(_markdown(start))
+    gr.Markdown(WORDS)
+    # The settings of the run on screen, not the run: a run is cheap to recompute (seeded, under a
+    # second), and a gr.State would make the page stateful, so each visitor's browser would hold a
+    # heartbeat connection to one server process and replicas could no longer share the load.
+    shown = gr.JSON(DEFAULTS, visible=False)
+    train.click(_animate, inputs, [plot, step, verdict, shown], api_visibility="private")
+    step.input(_show_step, [shown, step], plot, trigger_mode="always_last", api_visibility="private")
+    gr.api(sgd, api_name="sgd")
+    page.load(functools.partial(_first_plot, plot), None, plot, api_visibility="private", queue=False)
 
 
 @functools.cache

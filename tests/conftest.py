@@ -1,10 +1,14 @@
 """Shared fixtures. Every server here listens on 127.0.0.1 only: tests never reach the network."""
+import atexit
 import os
+import shutil
+import tempfile
 
 # Before anything imports gradio: a test run must not phone home.
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
-
-import shutil  # noqa: E402
+# The models onnxruntime optimizes (serving/model.py) go to a folder of this run's own, not the machine's.
+os.environ["ORT_CACHE_DIR"] = tempfile.mkdtemp(prefix="ort-cache-")
+atexit.register(shutil.rmtree, os.environ["ORT_CACHE_DIR"], ignore_errors=True)
 
 import pytest  # noqa: E402
 from playwright.sync_api import sync_playwright  # noqa: E402

@@ -6,9 +6,11 @@ import subprocess
 import sys
 
 import httpx
+import numpy as np
 import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
+from PIL import Image
 
 from serving.model import Classifier
 from serving.web import MESSAGES
@@ -54,6 +56,23 @@ def test_predict_through_gradio_client(client, example, tiny_model):
     assert out["label"] == max(expected, key=expected.get)
     got = {c["label"]: c["confidence"] for c in out["confidences"]}
     assert math.isclose(sum(got.values()), 1.0, abs_tol=1e-6)  # 3 labels: the top 3 are all of them
+    assert all(math.isclose(got[k], expected[k], abs_tol=1e-6) for k in expected)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "I;16"])
+def test_the_page_prepares_any_image_as_training_did(client, example, tiny_model, tmp_path, mode):
+    """Transparency blended onto white, 16-bit scaled: serving.imaging's rules, not Gradio's own conversion
+    (which turned transparent pixels black before the model saw them)."""
+    with Image.open(example) as img:
+        rgba = img.convert("RGBA")
+    rgba.putalpha(Image.linear_gradient("L").resize(rgba.size))  # from fully transparent to opaque
+    converted = rgba if mode == "RGBA" else rgba.convert("LA") if mode == "LA" else \
+        Image.fromarray((np.asarray(rgba.convert("L"), dtype=np.uint16) * 257))
+    path = tmp_path / f"{mode.replace(';', '')}.png"
+    converted.save(path)
+    out = client.predict(handle_file(str(path)), api_name="/predict")
+    expected = Classifier.from_folder(tiny_model.folder).classify(path)
+    got = {c["label"]: c["confidence"] for c in out["confidences"]}
     assert all(math.isclose(got[k], expected[k], abs_tol=1e-6) for k in expected)
 
 

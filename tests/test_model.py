@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -10,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 from PIL import Image
 
@@ -82,8 +84,9 @@ def test_large_jpegs_decode_at_reduced_scale_small_ones_do_not(clf, tmp_path):
     with Image.open(tmp_path / "big.jpg") as img:
         full = clf.preprocess(img.convert("RGB"))  # an already decoded image: the whole 1200px
     assert x.shape == full.shape
-    assert not np.array_equal(x, full)  # 1200px decoded at 1/4 scale (300px >= 2 x 80)...
+    assert not np.array_equal(x, full)  # 1200px decoded at 1/8 scale (150px, still >= 80)...
     assert np.abs(x - full).mean() < 0.05  # ...and it barely shows after the resize to 80
+    assert np.abs(x - full).max() < 4 / 255 / 0.224  # not one input value off by 4 levels or more
 
 
 def test_exif_orientation_is_applied(clf, tmp_path):
@@ -142,3 +145,40 @@ def test_broken_folders_raise_model_folder_error(tiny_model, tmp_path, names, ed
         Classifier.from_folder(folder)
     assert words in str(err.value)
     assert isinstance(err.value, ValueError)
+
+
+def _load_with_cache(folder: Path, cache: Path, monkeypatch) -> Classifier:
+    monkeypatch.setenv("ORT_CACHE_DIR", str(cache))
+    return Classifier.from_folder(folder)
+
+
+def test_the_optimized_model_is_cached_and_answers_the_same(tiny_model, image_file, tmp_path, monkeypatch):
+    folder = _copy(tiny_model.folder, tmp_path / "m", "model.onnx", "config.json")
+    cold = _load_with_cache(folder, tmp_path / "cache", monkeypatch)
+    cached = list((tmp_path / "cache").glob("*.onnx"))
+    assert len(cached) == 1 and not list((tmp_path / "cache").glob("*.part"))
+    assert cold.session._model_path == str(cached[0])  # loaded from the optimized copy, not model.onnx
+    warm = _load_with_cache(folder, tmp_path / "cache", monkeypatch)
+    assert list((tmp_path / "cache").glob("*.onnx")) == cached  # reused, not written again
+    assert warm.classify(image_file) == pytest.approx(cold.classify(image_file), abs=1e-6)
+    # ...and the same answer as onnxruntime optimizing model.onnx itself, the usual way
+    plain = Classifier(ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"]),
+                       json.loads((folder / "config.json").read_text()))
+    assert warm.classify(image_file) == pytest.approx(plain.classify(image_file), abs=1e-6)
+
+
+def test_a_changed_model_file_is_optimized_afresh(tiny_model, tmp_path, monkeypatch):
+    folder = _copy(tiny_model.folder, tmp_path / "m", "model.onnx", "config.json")
+    _load_with_cache(folder, tmp_path / "cache", monkeypatch)
+    os.utime(folder / "model.onnx", ns=(1, 1))  # as a re-export or a new download would
+    _load_with_cache(folder, tmp_path / "cache", monkeypatch)
+    assert len(list((tmp_path / "cache").glob("*.onnx"))) == 2
+
+
+def test_an_unwritable_cache_still_loads_the_model(tiny_model, image_file, tmp_path, monkeypatch, caplog):
+    folder = _copy(tiny_model.folder, tmp_path / "m", "model.onnx", "config.json")
+    (tmp_path / "file").write_text("a file where the cache folder should be")
+    clf = _load_with_cache(folder, tmp_path / "file" / "cache", monkeypatch)
+    assert clf.session._model_path == str(folder / "model.onnx")
+    assert sum(clf.classify(image_file).values()) == pytest.approx(1)
+    assert "could not cache the optimized model" in caplog.text
