@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 
 import pytest
 
@@ -34,3 +35,12 @@ def test_no_model_says_how_to_get_one(tmp_path, make):
         folder.mkdir()
     with pytest.raises(NoModel, match="python -m training"):
         load_model({"MODEL_DIR": str(folder)})
+
+
+def test_export_pkl_without_fastai_installed_points_to_convert(tiny_model, tmp_path, monkeypatch):
+    shutil.copy(tiny_model.folder / "export.pkl", tmp_path / "export.pkl")
+    monkeypatch.setitem(sys.modules, "fastai", None)  # what the Space's requirements.txt gives: no fastai
+    with pytest.raises(NoModel) as err:
+        load_model({"MODEL_DIR": str(tmp_path)})
+    assert "needs fastai" in str(err.value)
+    assert f"python -m training convert {tmp_path / 'export.pkl'}" in str(err.value)
