@@ -135,3 +135,20 @@ def test_resize_rule_table(tfms, size, rule):
 def test_resize_rule_refuses_what_the_app_cannot_reproduce(tfms, size, words):
     with pytest.raises(StageError, match=words):
         resize_rule(tfms, size)
+
+
+def test_a_timm_arch_trains_exports_and_matches_learn_predict(tiny_model, tmp_path):
+    """`--arch` takes timm names too: the same contract, and the ONNX path agrees with learn.predict."""
+    from tests.tiny_model import tiny_config
+    from training.train import train
+
+    cfg = tiny_config(tiny_model.data, tmp_path / "timm", arch="resnet10t", epochs=2)
+    folder = train(cfg)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["arch"] == "resnet10t"
+    learn, clf = load_learner(folder / "export.pkl"), Classifier.from_folder(folder)
+    for path in list(build_dataloaders(cfg, tiny_model.data / "images").valid_ds.items):
+        label, _, probs = learn.predict(path)
+        ours = clf.classify(path)
+        np.testing.assert_allclose(list(ours.values()), probs.numpy(), atol=1e-4, err_msg=str(path))
+        assert max(ours, key=ours.get) == label
