@@ -59,10 +59,7 @@ with gr.Blocks(title="What is in this photo?") as demo:
                     f"Validation error rate: {error_rate}. Model: `{loaded.source}`.")
         with gr.Row():
             with gr.Column():
-                # The file as uploaded (image_mode=None): Gradio's own conversion to RGB would turn transparent
-                # pixels black; serving.imaging prepares it the way the training images were.
-                photo = UploadedImage(type="filepath", image_mode=None, sources=["upload", "webcam", "clipboard"],
-                                      label="Photo")
+                photo = UploadedImage(type="filepath", sources=["upload", "webcam", "clipboard"], label="Photo")
                 with gr.Row():
                     clear = gr.ClearButton()
                     submit = gr.Button("Submit", variant="primary")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 
 import gradio as gr
 from fastapi import FastAPI, File, UploadFile
@@ -42,17 +43,28 @@ def visitor_message(exc: ImageRejected) -> str:
 
 
 class UploadedImage(gr.Image):
-    """gr.Image whose own decoding failures reach the visitor as a sentence, not a traceback or a path."""
+    """gr.Image that hands the uploaded file to the model as it came.
+
+    Gradio's own preprocessing opens every upload with Pillow and re-saves anything not RGB, turning
+    transparent pixels black. serving.imaging prepares images the way training did and refuses bad files
+    with a sentence for the visitor, so that step is skipped: it would only decode the image twice.
+    """
 
     is_template = True  # render with gr.Image's front end
 
     def preprocess(self, payload):
-        try:
+        if payload is None:
+            return None
+        if not (payload.url or "").startswith("data:"):
+            if not Path(payload.path).is_file():  # an API client naming a file that isn't there
+                raise gr.Error(MESSAGES["not_image"])
+            return payload.path
+        try:  # an API client sent the image inline, as a data: URL: Gradio writes it to a file
             return super().preprocess(payload)
         except Image.DecompressionBombError as exc:
             raise gr.Error(MESSAGES["too_many_pixels"]) from exc
         except (OSError, ValueError, SyntaxError) as exc:  # PIL's UnidentifiedImageError is an OSError
-            log.info("upload refused before classification: %s", exc)
+            log.info("inline image refused before classification: %s", exc)
             raise gr.Error(MESSAGES["not_image"]) from exc
 
 

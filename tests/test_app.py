@@ -1,6 +1,8 @@
 """app.py as a real process on loopback, reached by gradio_client (/predict) and httpx (/classify)."""
 from __future__ import annotations
 
+import base64
+import json
 import math
 import subprocess
 import sys
@@ -16,15 +18,14 @@ from serving.model import Classifier
 from serving.web import MESSAGES
 from tests.live_app import ROOT, LiveApp
 
-# (name, bytes from the image server or a literal, reason /classify gives, reason the page gives).
-# The page can differ: Gradio's own upload handling opens the file first, and an empty file fails there.
+# (name, bytes from the image server or a literal, the reason both the page and /classify give).
 BAD = [
-    ("notes.txt", b"just some text, not a picture", "not_image", "not_image"),
-    ("drawing.svg", "/svg/image.svg", "not_image", "not_image"),
-    ("page.jpg", "/bad/html-as-image.jpg", "not_image", "not_image"),
-    ("empty.jpg", b"", "empty", "not_image"),
-    ("cut.jpg", "/bad/truncated.jpg", "truncated", "truncated"),
-    ("bomb.png", "/img/bomb.png", "too_many_pixels", "too_many_pixels"),
+    ("notes.txt", b"just some text, not a picture", "not_image"),
+    ("drawing.svg", "/svg/image.svg", "not_image"),
+    ("page.jpg", "/bad/html-as-image.jpg", "not_image"),
+    ("empty.jpg", b"", "empty"),
+    ("cut.jpg", "/bad/truncated.jpg", "truncated"),
+    ("bomb.png", "/img/bomb.png", "too_many_pixels"),
 ]
 
 
@@ -92,13 +93,13 @@ def test_classify_is_described_in_openapi(live):
     assert {"200", "413", "415", "422"} <= set(post["responses"])
 
 
-@pytest.mark.parametrize("name,body,reason,page_reason", BAD)
+@pytest.mark.parametrize("name,body,reason", BAD)
 def test_bad_uploads_get_a_sentence_and_the_app_keeps_serving(client, live, tmp_path, image_server, example,
-                                                               name, body, reason, page_reason):
+                                                               name, body, reason):
     path = _bad_file(tmp_path, image_server, name, body)
     with pytest.raises(AppError) as caught:
         client.predict(handle_file(str(path)), api_name="/predict")
-    assert str(caught.value).strip('"') == MESSAGES[page_reason]
+    assert str(caught.value).strip('"') == MESSAGES[reason]
     assert "/tmp" not in str(caught.value) and "Traceback" not in str(caught.value)
 
     r = httpx.post(live.url + "/classify", files={"file": (name, path.read_bytes())}, timeout=30)
@@ -107,6 +108,24 @@ def test_bad_uploads_get_a_sentence_and_the_app_keeps_serving(client, live, tmp_
 
     assert httpx.post(live.url + "/classify", files={"file": example.open("rb")}, timeout=30).status_code == 200
     assert client.predict(handle_file(str(example)), api_name="/predict")["label"]
+
+
+def _call_predict(url: str, file_data: dict) -> str:
+    """Gradio's plain HTTP API with a hand-made FileData: the result stream, as text."""
+    event = httpx.post(f"{url}/gradio_api/call/predict", json={"data": [file_data]}, timeout=30).json()["event_id"]
+    return httpx.get(f"{url}/gradio_api/call/predict/{event}", timeout=30).text
+
+
+def test_inline_images_and_missing_files_through_gradios_http_api(live, example, tiny_model):
+    inline = "data:image/jpeg;base64," + base64.b64encode(example.read_bytes()).decode()
+    stream = _call_predict(live.url, {"url": inline, "meta": {"_type": "gradio.FileData"}})
+    expected = Classifier.from_folder(tiny_model.folder).classify(example)
+    assert "event: complete" in stream and max(expected, key=expected.get) in stream
+    junk = "data:image/jpeg;base64," + base64.b64encode(b"not a picture").decode()
+    for file_data in ({"url": junk, "meta": {"_type": "gradio.FileData"}},
+                      {"path": "no-such-photo.jpg", "meta": {"_type": "gradio.FileData"}}):
+        stream = _call_predict(live.url, file_data)
+        assert "event: error" in stream and json.dumps(MESSAGES["not_image"]) in stream, stream
 
 
 def test_uploads_over_the_cap_are_refused(client, live, tmp_path, example):
