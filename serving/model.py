@@ -37,6 +37,7 @@ RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.B
 # "squish": resize the whole image to resize x resize (fastai RandomResizedCrop and Resize(method="squish")).
 # "crop": cut the largest centred square first, then resize (fastai Resize's default method="crop").
 RESIZE_MODES = ("squish", "crop")
+PROVIDERS = ["CPUExecutionProvider"]
 CONVERT_HINT = "run `python -m training convert {pkl} --out {folder}` to write model.onnx and config.json"
 
 
@@ -198,10 +199,23 @@ def _check_files(folder: Path) -> None:
 
 
 def _session(path: Path, threads: int | None) -> ort.InferenceSession:
+    """A session for the model at `path`, loaded from this machine's optimized copy of it when there is one.
+
+    onnxruntime's graph optimizations (fusions, and the NCHWc layout that makes convolutions ~1.6x faster
+    here) leave ~90 MB behind in the process for resnet18, more than the optimized model then needs. So they
+    run once per machine, on a throwaway session that writes the result, and the app loads that with
+    optimizations off: onnxruntime's "offline" mode.
+    """
+    cached = _optimized_copy(path)
+    if cached:
+        try:
+            return ort.InferenceSession(str(cached), sess_options=_options(threads, optimize=False),
+                                        providers=PROVIDERS)
+        except Exception as exc:  # a damaged copy: drop it, and optimize in memory this time
+            log.warning("dropping the unreadable optimized model %s (%s)", cached, exc)
+            cached.unlink(missing_ok=True)
     try:
-        optimized = _optimized(path)
-        return ort.InferenceSession(str(optimized), sess_options=_options(threads, optimize=optimized == path),
-                                    providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), sess_options=_options(threads, optimize=True), providers=PROVIDERS)
     except Exception as exc:  # onnxruntime raises its own untyped errors (Fail, InvalidGraph, ...)
         raise ModelFolderError(f"{path} is not a model onnxruntime can load ({exc}); re-export the model folder "
                                "with `python -m training train` or `python -m training convert`") from exc
@@ -221,39 +235,52 @@ def _options(threads: int | None, optimize: bool) -> ort.SessionOptions:
     return opts
 
 
-def _optimized(path: Path) -> Path:
-    """`path` with onnxruntime's graph optimizations applied, cached on disk for this machine; else `path`.
+def _optimized_copy(path: Path) -> Path | None:
+    """This machine's optimized copy of the model at `path`, written now if missing; None if it can't be.
 
-    Optimizing (fusions, and the NCHWc layout that makes convolutions ~1.6x faster here) leaves ~90 MB
-    behind in the process for resnet18, more than the optimized model then needs. So it runs once, on a
-    throwaway session that writes the result, and the app loads that with optimizations off, as
-    onnxruntime's docs describe for offline optimization. The result is specific to this CPU and
-    onnxruntime version, hence the key; if the cache can't be written, the model loads the usual way.
+    The copy suits this CPU and onnxruntime version only, and this very file: all of them are in its name.
     """
-    stat = path.stat()
-    key = hashlib.sha256(repr((str(path.resolve()), stat.st_size, stat.st_mtime_ns, ort.__version__,
-                               _cpu_flags())).encode()).hexdigest()[:20]
-    cached = Path(os.environ.get("ORT_CACHE_DIR") or Path(tempfile.gettempdir()) / "serving-ort") / f"{key}.onnx"
-    if cached.exists():
-        return cached
+    folder = None
     try:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        partial = cached.with_suffix(f".{os.getpid()}.part")
-        opts = _options(1, optimize=True)
-        opts.optimized_model_filepath = str(partial)
-        opts.log_severity_level = 3  # it warns the result suits this machine only: the cache key says so
-        ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-        os.replace(partial, cached)  # whole or absent, even with two processes starting at once
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino,
+               ort.__version__, _cpu_flags())
+        folder = cache_folder()
+        cached = folder / f"{hashlib.sha256(repr(key).encode()).hexdigest()[:24]}.onnx"
+        if cached.exists():
+            return cached
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, partial = tempfile.mkstemp(dir=folder, suffix=".part")  # a name of its own, even across containers
+        os.close(fd)
+        try:
+            opts = _options(1, optimize=True)
+            opts.optimized_model_filepath = partial
+            opts.log_severity_level = 3  # not its warning that the result suits this machine only: it is keyed
+            ort.InferenceSession(str(path), sess_options=opts, providers=PROVIDERS)
+            with open(partial, "rb") as written:
+                os.fsync(written.fileno())
+            os.replace(partial, cached)  # whole or absent, even with two processes starting at once
+        finally:
+            Path(partial).unlink(missing_ok=True)
         return cached
-    except OSError as exc:
-        log.warning("could not cache the optimized model in %s (%s); loading %s unoptimized on disk",
-                    cached.parent, exc, path)
-        return path
+    except Exception as exc:  # a read-only or full disk, no home folder, or a model onnxruntime can't load
+        log.warning("no optimized copy of %s in %s (%s); optimizing it in memory", path, folder, exc)
+        return None
+
+
+def cache_folder() -> Path:
+    """$ORT_CACHE_DIR, else serving-ort in the user's cache folder: private, unlike a shared /tmp, where
+    another user could leave a model of their own under the expected name."""
+    if os.environ.get("ORT_CACHE_DIR"):
+        return Path(os.environ["ORT_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "serving-ort"
 
 
 def _cpu_flags() -> str:
+    """What the CPU can do, from /proc/cpuinfo ("flags" on x86, "Features" on ARM), else the platform."""
     try:
-        return next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+        return next(line for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith(("flags", "Features")))
     except (OSError, StopIteration):
         import platform
         return platform.processor() or platform.machine()

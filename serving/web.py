@@ -6,14 +6,15 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import logging
-from pathlib import Path
 
 import gradio as gr
+from gradio import processing_utils
 from fastapi import FastAPI, File, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from PIL import Image
 from pydantic import BaseModel
 
 from serving.imaging import MAX_PIXELS, ImageRejected
@@ -56,16 +57,14 @@ class UploadedImage(gr.Image):
         if payload is None:
             return None
         if not (payload.url or "").startswith("data:"):
-            if not Path(payload.path).is_file():  # an API client naming a file that isn't there
-                raise gr.Error(MESSAGES["not_image"])
-            return payload.path
-        try:  # an API client sent the image inline, as a data: URL: Gradio writes it to a file
-            return super().preprocess(payload)
-        except Image.DecompressionBombError as exc:
-            raise gr.Error(MESSAGES["too_many_pixels"]) from exc
-        except (OSError, ValueError, SyntaxError) as exc:  # PIL's UnidentifiedImageError is an OSError
-            log.info("inline image refused before classification: %s", exc)
+            return payload.path  # an upload: Gradio has checked that (app.py sets has_launched)
+        # An API client sent the image inline, as a data: URL. Kept byte for byte: Gradio's own decoding
+        # would re-save it as lossy WebP.
+        try:
+            raw = base64.b64decode(payload.url.partition(",")[2], validate=True)
+        except binascii.Error as exc:
             raise gr.Error(MESSAGES["not_image"]) from exc
+        return processing_utils.save_bytes_to_cache(raw, "inline.img", cache_dir=self.GRADIO_CACHE)
 
 
 class Prediction(BaseModel):

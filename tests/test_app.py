@@ -116,16 +116,39 @@ def _call_predict(url: str, file_data: dict) -> str:
     return httpx.get(f"{url}/gradio_api/call/predict/{event}", timeout=30).text
 
 
-def test_inline_images_and_missing_files_through_gradios_http_api(live, example, tiny_model):
-    inline = "data:image/jpeg;base64," + base64.b64encode(example.read_bytes()).decode()
-    stream = _call_predict(live.url, {"url": inline, "meta": {"_type": "gradio.FileData"}})
-    expected = Classifier.from_folder(tiny_model.folder).classify(example)
-    assert "event: complete" in stream and max(expected, key=expected.get) in stream
-    junk = "data:image/jpeg;base64," + base64.b64encode(b"not a picture").decode()
-    for file_data in ({"url": junk, "meta": {"_type": "gradio.FileData"}},
-                      {"path": "no-such-photo.jpg", "meta": {"_type": "gradio.FileData"}}):
-        stream = _call_predict(live.url, file_data)
-        assert "event: error" in stream and json.dumps(MESSAGES["not_image"]) in stream, stream
+def _confidences(stream: str) -> dict[str, float]:
+    assert "event: complete" in stream, stream
+    label = json.loads(stream.split("data:", 1)[1])[0]
+    return {c["label"]: c["confidence"] for c in label["confidences"]}
+
+
+def test_inline_images_through_gradios_http_api_are_classified_as_sent(live, tiny_model, example, tmp_path):
+    """A data: URL instead of an upload: the same probabilities as the file itself, transparency included."""
+    with Image.open(example) as img:
+        rgba = img.convert("RGBA")
+    rgba.putalpha(Image.linear_gradient("L").resize(rgba.size))
+    rgba.save(tmp_path / "clear.png")
+    clf = Classifier.from_folder(tiny_model.folder)
+    for path, mime in ((example, "image/jpeg"), (tmp_path / "clear.png", "image/png")):
+        inline = f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode()
+        got = _confidences(_call_predict(live.url, {"url": inline, "meta": {"_type": "gradio.FileData"}}))
+        expected = clf.classify(path)
+        assert all(math.isclose(got[k], expected[k], abs_tol=1e-6) for k in expected), path
+
+
+@pytest.mark.parametrize("url", ["data:image/jpeg;base64," + base64.b64encode(b"not a picture").decode(),
+                                 "data:image/jpeg;base64,%%%not-base64%%%"])
+def test_inline_junk_gets_a_sentence(live, url):
+    stream = _call_predict(live.url, {"url": url, "meta": {"_type": "gradio.FileData"}})
+    assert "event: error" in stream and json.dumps(MESSAGES["not_image"]) in stream, stream
+
+
+def test_files_on_the_server_are_not_taken_as_input(live, client, example, tiny_model):
+    """Only uploads: naming a file on the server, even an image, gets an error, not a prediction."""
+    for path in ("/etc/hostname", "/dev/zero", str(example.resolve()), "no-such-photo.jpg"):
+        stream = _call_predict(live.url, {"path": path, "meta": {"_type": "gradio.FileData"}})
+        assert "event: error" in stream and "confidences" not in stream, (path, stream)
+    assert client.predict(handle_file(str(example)), api_name="/predict")["label"]
 
 
 def test_uploads_over_the_cap_are_refused(client, live, tmp_path, example):

@@ -158,8 +158,10 @@ def test_the_optimized_model_is_cached_and_answers_the_same(tiny_model, image_fi
     cached = list((tmp_path / "cache").glob("*.onnx"))
     assert len(cached) == 1 and not list((tmp_path / "cache").glob("*.part"))
     assert cold.session._model_path == str(cached[0])  # loaded from the optimized copy, not model.onnx
+    written = cached[0].stat()
     warm = _load_with_cache(folder, tmp_path / "cache", monkeypatch)
-    assert list((tmp_path / "cache").glob("*.onnx")) == cached  # reused, not written again
+    assert list((tmp_path / "cache").glob("*.onnx")) == cached
+    assert (cached[0].stat().st_ino, cached[0].stat().st_mtime_ns) == (written.st_ino, written.st_mtime_ns)  # reused
     assert warm.classify(image_file) == pytest.approx(cold.classify(image_file), abs=1e-6)
     # ...and the same answer as onnxruntime optimizing model.onnx itself, the usual way
     plain = Classifier(ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"]),
@@ -181,4 +183,17 @@ def test_an_unwritable_cache_still_loads_the_model(tiny_model, image_file, tmp_p
     clf = _load_with_cache(folder, tmp_path / "file" / "cache", monkeypatch)
     assert clf.session._model_path == str(folder / "model.onnx")
     assert sum(clf.classify(image_file).values()) == pytest.approx(1)
-    assert "could not cache the optimized model" in caplog.text
+    assert "no optimized copy" in caplog.text
+
+
+def test_a_damaged_optimized_copy_is_dropped_and_the_model_still_loads(tiny_model, image_file, tmp_path, monkeypatch,
+                                                                       caplog):
+    folder = _copy(tiny_model.folder, tmp_path / "m", "model.onnx", "config.json")
+    expected = _load_with_cache(folder, tmp_path / "cache", monkeypatch).classify(image_file)
+    [cached] = (tmp_path / "cache").glob("*.onnx")
+    cached.write_bytes(cached.read_bytes()[:1000])  # cut short, as a full disk or a crash could leave it
+    clf = _load_with_cache(folder, tmp_path / "cache", monkeypatch)
+    assert clf.classify(image_file) == pytest.approx(expected, abs=1e-6)
+    assert not cached.exists() and "dropping the unreadable optimized model" in caplog.text
+    _load_with_cache(folder, tmp_path / "cache", monkeypatch)
+    assert cached.exists()  # and the next start writes it again
