@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +39,12 @@ def launched(tmp_path_factory):
     # No GPU even where there is one: two processes cannot share one GPU under NCCL, and CI must match this.
     env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
     run = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=240)
+    if run.returncode != 0 and "Signal 6 (SIGABRT)" in run.stderr:
+        # Seen once in about ten runs, with the 2-core machine busy with other work: a process aborted inside
+        # torch's gloo code ("terminate called without an active exception") right after the learning-rate
+        # finder. Once more from scratch before calling it a failure; a second abort fails the tests.
+        shutil.rmtree(root / "model", ignore_errors=True)
+        run = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, run.stderr[-4000:]
     return root, run
 
