@@ -15,6 +15,8 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from tests.live_app import gradio_call
+
 OUT = Path(__file__).resolve().parent / "out"
 
 
@@ -62,9 +64,7 @@ def as_deployed(script: str) -> list[str]:
 def gradio_predict(client: httpx.Client, url: str, image: bytes, api: str = "predict") -> dict:
     """One prediction through Gradio's HTTP API, as any HTTP client sees it: upload, call, read the result."""
     path = client.post(f"{url}/gradio_api/upload", files={"files": ("photo.jpg", image, "image/jpeg")}).json()[0]
-    payload = {"data": [{"path": path, "meta": {"_type": "gradio.FileData"}}]}
-    event = client.post(f"{url}/gradio_api/call/{api}", json=payload).json()["event_id"]
-    stream = client.get(f"{url}/gradio_api/call/{api}/{event}").text
+    stream = gradio_call(client, url, {"path": path, "meta": {"_type": "gradio.FileData"}}, api)
     if "event: complete" not in stream:
         raise RuntimeError(f"prediction failed: {stream[:300]}")
     return httpx.Response(200, content=stream.split("data:", 1)[1].strip()).json()[0]

@@ -245,7 +245,7 @@ def _optimized_copy(path: Path) -> Path | None:
         stat = path.stat()
         key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino,
                ort.__version__, _cpu_flags())
-        folder = cache_folder()
+        folder = _cache_folder()
         cached = folder / f"{hashlib.sha256(repr(key).encode()).hexdigest()[:24]}.onnx"
         if cached.exists():
             return cached
@@ -268,7 +268,7 @@ def _optimized_copy(path: Path) -> Path | None:
         return None
 
 
-def cache_folder() -> Path:
+def _cache_folder() -> Path:
     """$ORT_CACHE_DIR, else serving-ort in the user's cache folder: private, unlike a shared /tmp, where
     another user could leave a model of their own under the expected name."""
     if os.environ.get("ORT_CACHE_DIR"):

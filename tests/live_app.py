@@ -25,6 +25,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def gradio_call(client: httpx.Client, url: str, file_data: dict, api: str = "predict") -> str:
+    """One call through Gradio's plain HTTP API with this FileData (queue, then read): the result stream, as text."""
+    event = client.post(f"{url}/gradio_api/call/{api}", json={"data": [file_data]}).json()["event_id"]
+    return client.get(f"{url}/gradio_api/call/{api}/{event}").text
+
+
 class LiveApp:
     """`python app.py` with extra environment, ready once it answers HTTP; its output kept in `.log`."""
 

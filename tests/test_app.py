@@ -6,6 +6,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -16,7 +17,7 @@ from PIL import Image
 
 from serving.model import Classifier
 from serving.web import MESSAGES
-from tests.live_app import ROOT, LiveApp
+from tests.live_app import ROOT, LiveApp, gradio_call
 
 # (name, bytes from the image server or a literal, the reason both the page and /classify give).
 BAD = [
@@ -60,13 +61,19 @@ def test_predict_through_gradio_client(client, example, tiny_model):
     assert all(math.isclose(got[k], expected[k], abs_tol=1e-6) for k in expected)
 
 
+def _half_transparent(example: Path) -> Image.Image:
+    """The example as RGBA, its alpha running from fully transparent to opaque."""
+    with Image.open(example) as img:
+        rgba = img.convert("RGBA")
+    rgba.putalpha(Image.linear_gradient("L").resize(rgba.size))
+    return rgba
+
+
 @pytest.mark.parametrize("mode", ["RGBA", "LA", "I;16"])
 def test_the_page_prepares_any_image_as_training_did(client, example, tiny_model, tmp_path, mode):
     """Transparency blended onto white, 16-bit scaled: serving.imaging's rules, not Gradio's own conversion
     (which turned transparent pixels black before the model saw them)."""
-    with Image.open(example) as img:
-        rgba = img.convert("RGBA")
-    rgba.putalpha(Image.linear_gradient("L").resize(rgba.size))  # from fully transparent to opaque
+    rgba = _half_transparent(example)
     converted = rgba if mode == "RGBA" else rgba.convert("LA") if mode == "LA" else \
         Image.fromarray((np.asarray(rgba.convert("L"), dtype=np.uint16) * 257))
     path = tmp_path / f"{mode.replace(';', '')}.png"
@@ -112,8 +119,8 @@ def test_bad_uploads_get_a_sentence_and_the_app_keeps_serving(client, live, tmp_
 
 def _call_predict(url: str, file_data: dict) -> str:
     """Gradio's plain HTTP API with a hand-made FileData: the result stream, as text."""
-    event = httpx.post(f"{url}/gradio_api/call/predict", json={"data": [file_data]}, timeout=30).json()["event_id"]
-    return httpx.get(f"{url}/gradio_api/call/predict/{event}", timeout=30).text
+    with httpx.Client(timeout=30) as c:
+        return gradio_call(c, url, file_data)
 
 
 def _confidences(stream: str) -> dict[str, float]:
@@ -124,10 +131,7 @@ def _confidences(stream: str) -> dict[str, float]:
 
 def test_inline_images_through_gradios_http_api_are_classified_as_sent(live, tiny_model, example, tmp_path):
     """A data: URL instead of an upload: the same probabilities as the file itself, transparency included."""
-    with Image.open(example) as img:
-        rgba = img.convert("RGBA")
-    rgba.putalpha(Image.linear_gradient("L").resize(rgba.size))
-    rgba.save(tmp_path / "clear.png")
+    _half_transparent(example).save(tmp_path / "clear.png")
     clf = Classifier.from_folder(tiny_model.folder)
     for path, mime in ((example, "image/jpeg"), (tmp_path / "clear.png", "image/png")):
         inline = f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode()
