@@ -78,8 +78,8 @@ def report(rows: list[dict]) -> bool:
         marks = {k: _mark(v, TARGETS.get((k, r["image"]))) for k, v in ratios.items()}
         met &= "MISS" not in "".join(marks.values())
         print(f"{r['arch']:9} {r['image']:10} {r['predict']:9.1f} {r['onnx']:8.1f} {r['forward']:8.1f} "
-              f"{r['preprocess']:8.1f} {ratios['onnx/predict']:8.2f}{marks['onnx/predict']:>5} "
-              f"{ratios['onnx/forward']:8.2f}{marks['onnx/forward']:>5}")
+              f"{r['preprocess']:8.1f} {ratios['onnx/predict']:8.3f}{marks['onnx/predict']:>5} "
+              f"{ratios['onnx/forward']:8.3f}{marks['onnx/forward']:>5}")
     print("targets: onnx/predict <= 0.6 (500x375), <= 0.25 (12MP); onnx/forward <= 1.2 (500x375): "
           + ("all met" if met else "MISSED"))
     return met

@@ -95,17 +95,38 @@ class Preprocess:
 
     def __call__(self, img: Image.Image) -> np.ndarray:
         """Resize, centre-crop and normalise an upright RGB image into float32 [3, crop, crop]."""
-        left = (self.resize - self.crop) // 2  # fastai's centre crop: (size - crop) // 2
-        pixels = np.asarray(self._resized(img))[left:left + self.crop, left:left + self.crop]
+        pixels = self._resized_centre(img)
         x = np.empty((3, self.crop, self.crop), dtype=np.float32)
         for c in range(3):
             np.take(self._table[c], pixels[..., c], out=x[c])
         return x
 
-    def _resized(self, img: Image.Image) -> Image.Image:
+    def _resized_centre(self, img: Image.Image) -> np.ndarray:
+        """uint8 [crop, crop, 3]: the centre crop of `img` resized to resize x resize."""
         if self.resize_mode == "crop":
             img = img.crop(_centre_square(*img.size, self.resize))
-        return img.resize((self.resize, self.resize), self.resample)
+        margin = (self.resize - self.crop) // 2  # fastai's centre crop: (size - crop) // 2
+        box = _exact_box(img.size, self.resize, margin, self.crop)
+        if box and self.resample != Image.Resampling.NEAREST:
+            return np.asarray(img.resize((self.crop, self.crop), self.resample, box=box))
+        full = np.asarray(img.resize((self.resize, self.resize), self.resample))
+        return full[margin:margin + self.crop, margin:margin + self.crop]
+
+
+def _exact_box(size: tuple[int, int], resize: int, margin: int, crop: int) -> tuple[float, ...] | None:
+    """The box of `size` whose resize to crop x crop gives exactly the centre of the whole resize, or None.
+
+    Resizing only the centre the model sees skips a quarter of the work at 224 px (crop 224 of 256).
+    Pillow places each output pixel's filter at box_start + (i + 0.5) * box_width / out_size, in float32
+    box coordinates and double arithmetic. That equals the whole resize's (i + margin + 0.5) * width / resize
+    bit for bit when width / resize is exact in binary: resize a power of two (the default 256) and box
+    coordinates float32 can hold. Otherwise None: resize the whole image and crop.
+    """
+    if resize & (resize - 1):
+        return None
+    (w, h), end = size, margin + crop
+    box = (margin * w / resize, margin * h / resize, end * w / resize, end * h / resize)
+    return box if all(float(np.float32(v)) == v for v in box) else None
 
 
 def _centre_square(w: int, h: int, size: int) -> tuple[int, int, int, int]:

@@ -15,7 +15,7 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from serving.model import Classifier, ModelFolderError, softmax
+from serving.model import RESAMPLE, Classifier, ModelFolderError, Preprocess, softmax
 from tests.tiny_model import draw_shape
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,6 +75,29 @@ def test_preprocess_is_fastais_validation_transform(clf, image_file):
     x = clf.preprocess(image_file)
     assert x.shape == (3, 64, 64) and x.dtype == np.float32
     np.testing.assert_array_equal(x, (ref - mean) / std)
+
+
+@pytest.mark.parametrize("resample", ["bilinear", "bicubic", "lanczos"])
+@pytest.mark.parametrize("mode", ["squish", "crop"])
+def test_resizing_only_the_centre_gives_the_pixels_of_the_whole_resize(resample, mode):
+    """At 224 px (resize 256, a power of two) only the centre the model sees is resized: bit for bit the
+    same input as resizing the whole image and cropping, whatever the image's size."""
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    pre = Preprocess.from_config({"resize": 256, "crop": 224, "resize_mode": mode, "resample": resample,
+                                  "mean": mean, "std": std})
+    rng = np.random.default_rng(0)
+    sizes = [(500, 375), (504, 378), (4032 // 8, 3024 // 8), (256, 256), (100, 80), (257, 1000), (3001, 231)]
+    sizes += [tuple(int(v) for v in rng.integers(60, 2500, 2)) for _ in range(25)]
+    for w, h in sizes:
+        img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        if mode == "crop":
+            side = min(w, h)
+            img_sq = img.crop(((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side))
+        else:
+            img_sq = img
+        whole = np.asarray(img_sq.resize((256, 256), RESAMPLE[resample]), dtype=np.float32)[16:240, 16:240]
+        ref = (whole.transpose(2, 0, 1) / np.float32(255) - pre.mean) / pre.std
+        np.testing.assert_array_equal(pre(img), ref, err_msg=f"{w}x{h}")
 
 
 def test_large_jpegs_decode_at_reduced_scale_small_ones_do_not(clf, tmp_path):
