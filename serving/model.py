@@ -119,14 +119,16 @@ def _exact_box(size: tuple[int, int], resize: int, margin: int, crop: int) -> tu
     Resizing only the centre the model sees skips a quarter of the work at 224 px (crop 224 of 256).
     Pillow places each output pixel's filter at box_start + (i + 0.5) * box_width / out_size, in float32
     box coordinates and double arithmetic. That equals the whole resize's (i + margin + 0.5) * width / resize
-    bit for bit when width / resize is exact in binary: resize a power of two (the default 256) and box
-    coordinates float32 can hold. Otherwise None: resize the whole image and crop.
+    bit for bit when width / resize is exact in binary: resize a power of two (the default 256), and box
+    ends and widths (Pillow subtracts the ends in float32 too) that float32 holds exactly. Otherwise None:
+    resize the whole image and crop.
     """
     if resize & (resize - 1):
         return None
     (w, h), end = size, margin + crop
     box = (margin * w / resize, margin * h / resize, end * w / resize, end * h / resize)
-    return box if all(float(np.float32(v)) == v for v in box) else None
+    widths = (crop * w / resize, crop * h / resize)
+    return box if all(float(np.float32(v)) == v for v in box + widths) else None
 
 
 def _centre_square(w: int, h: int, size: int) -> tuple[int, int, int, int]:
