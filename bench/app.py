@@ -79,8 +79,9 @@ def _throughput(call, total: int, clients: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", default="resnet18")
+    parser = argparse.ArgumentParser(prog="python -m bench.app", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--arch", default="resnet18", help="model both apps serve (resnet18/34/50)")
     parser.add_argument("--requests", type=int, default=40, help="sequential requests for latency")
     parser.add_argument("--load", type=int, default=240,
                         help="requests for throughput, shared by the clients (enough that warm-up is a small share)")

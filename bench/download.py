@@ -46,7 +46,7 @@ def serve(n: int, delay: float, ports, stop) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+    parser = argparse.ArgumentParser(prog="python -m bench.download", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--urls", type=int, default=300, help="distinct image URLs")
     parser.add_argument("--delay", type=float, default=0.1, help="server latency per response, seconds")

@@ -159,15 +159,16 @@ def _command(workers: int, port: int) -> list[str] | None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+    parser = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--levels", type=int, nargs="+", default=list(LEVELS), help="concurrent clients per level")
     parser.add_argument("--per-client", type=int, default=8, help="requests each client sends per level")
-    parser.add_argument("--api", choices=("json", "gradio", "both"), default="both")
+    parser.add_argument("--api", choices=("json", "gradio", "both"), default="both",
+                        help="/classify, Gradio's API, or both")
     parser.add_argument("--rounds", type=int, default=1,
                         help="run the levels this many times: memory that keeps growing round after round is a leak")
     parser.add_argument("--workers", type=int, default=1, help="run `uvicorn app:app --workers N` instead of app.py")
-    parser.add_argument("--arch", default="resnet18")
+    parser.add_argument("--arch", default="resnet18", help="model the app serves (resnet18/34/50)")
     args = parser.parse_args()
     folder, photos = model_folder(args.arch), Photos()
     calls = {"json": classify_json, "gradio": classify_gradio}

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--side", type=int, default=320, help="generated image side, in pixels")
     p.add_argument("--size", type=int, default=224, help="training input size")
     p.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs (after one frozen epoch)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="images per batch")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     settings = SMOKE if args.cpu_smoke else {k: getattr(args, k) for k in SMOKE}

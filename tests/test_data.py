@@ -173,6 +173,23 @@ def test_too_few_images_names_the_label(image_server, tmp_path):
     assert len(read_manifest(cfg.data_dir / "manifest.csv")) == len(rows)  # the manifest still says why
 
 
+@pytest.mark.parametrize("flag", ["urls", "from_folder", "archive"])
+def test_a_missing_input_is_refused_and_leaves_no_data_folder(flag, tmp_path):
+    value = {"urls": tmp_path / "nope.csv", "from_folder": tmp_path / "nope", "archive": str(tmp_path / "nope.zip")}
+    cfg = _cfg(tmp_path, **{flag: value[flag]})
+    with pytest.raises(StageError, match="nope"):
+        build_dataset(cfg)
+    assert not cfg.data_dir.exists()
+
+
+def test_a_failed_rerun_keeps_the_data_folder(image_server, tmp_path):
+    cfg = _cfg(tmp_path, urls=tmp_path / "nope.csv")
+    cfg.data_dir.mkdir(parents=True)
+    with pytest.raises(StageError):
+        build_dataset(cfg)
+    assert cfg.data_dir.is_dir()
+
+
 def test_search_results_flow_through_download_and_clean(image_server, tmp_path):
     def engine(query, n):
         label = query.split()[0]

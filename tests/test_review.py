@@ -15,7 +15,7 @@ from training.config import Config
 from training.data import build_dataset
 from training.errors import StageError
 from training.manifest import STATUSES, count_rows, read_manifest
-from training.review import DataFolder, draw_split, open_review
+from training.review import DataFolder, draw_split, open_review, trained_on
 from training.review_log import ReviewLog, read_log
 
 
@@ -273,6 +273,11 @@ def test_a_data_rerun_keeps_review_decisions(tmp_path):
     build_dataset(cfg)
     assert (data / moved).is_file() and not (data / "images" / "triangle" / Path(moved).name).exists()
     assert [r for r in read_manifest(data / "manifest.csv") if r.file == moved][0].reason == ""
+
+
+def test_a_missing_model_folder_is_named_as_missing(tmp_path):
+    with pytest.raises(StageError, match=r"no model folder at .*none; .*python -m training train"):
+        trained_on(tmp_path / "none")
 
 
 def test_cli_says_what_is_wrong_without_a_traceback(tiny_model, tmp_path):

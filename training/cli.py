@@ -14,6 +14,17 @@ D = Config()  # defaults, shown by --help
 S = argparse.SUPPRESS  # flags without a default: absent from args, so Config's default applies
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds "(default: ...)" only where it tells something: not to on/off switches, required flags, flags
+    without a default, or help that already says what the default is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if (action.required or action.default in (None, S) or isinstance(action.default, bool)
+                or "default" in (action.help or "")):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _data_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("what to classify")
     g.add_argument("--name", default=D.name, help="dataset/model name: data/<name>, models/<name>")
@@ -54,15 +65,18 @@ def _train_flags(p: argparse.ArgumentParser, *, with_name: bool) -> None:
     g.add_argument("--valid-pct", type=float, default=D.valid_pct, help="share of images held out for validation")
 
 
-def _hub_flags(p: argparse.ArgumentParser, *, in_all: bool) -> None:
-    g = p.add_argument_group("publish to the Hugging Face Hub (token from HF_TOKEN or `hf auth login`)")
+def _hub_flags(p: argparse.ArgumentParser, *, in_all: bool, what: str = "repo") -> None:
+    title = "the Space" if what == "Space" else "publish to the Hugging Face Hub"
+    g = p.add_argument_group(f"{title} (token from HF_TOKEN or `hf auth login`)")
     if in_all:
         g.add_argument("--repo-id", default=S, metavar="NS/NAME",
                        help="model repo to publish to after training (default: don't publish)")
         g.add_argument("--space", default=S, metavar="NS/NAME",
                        help="Gradio Space to deploy the published model to (needs --repo-id; default: don't deploy)")
-    g.add_argument("--private", action="store_true", help="create the repo private (an existing repo keeps its visibility)")
-    g.add_argument("--license", default=D.license, help="license in the card's metadata (a Hub license id)")
+    g.add_argument("--private", action="store_true",
+                   help=f"create the {what} private (an existing {what} keeps its visibility)")
+    g.add_argument("--license", default=D.license,
+                   help=f"license in the {'Space' if what == 'Space' else 'model card'}'s metadata (a Hub license id)")
     if in_all:
         g.add_argument("--hardware", default=S, help="Space hardware, e.g. cpu-upgrade (default: the Space's own, "
                                                      "free cpu-basic when new)")
@@ -76,7 +90,7 @@ def _dry_run_flags(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = HelpFormatter
     parser = argparse.ArgumentParser(
         prog="python -m training", formatter_class=fmt,
         description="From labels to a public image classifier: data → train → publish → deploy.")
@@ -122,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "free cpu-basic when new)")
     p.add_argument("--model-dir", type=Path, default=None,
                    help="with --dry-run: the published model folder, for its labels and examples")
-    _hub_flags(p, in_all=False)
+    _hub_flags(p, in_all=False, what="Space")
     _dry_run_flags(p)
 
     p = sub.add_parser("review", formatter_class=fmt, help="fix the data on a local page, hardest images first",

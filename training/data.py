@@ -18,7 +18,7 @@ from training.config import DEFAULT_LABELS, Config
 from training.download import download_all
 from training.errors import StageError
 from training.manifest import Row, check_label, count_rows, write_manifest
-from training.review_log import DataLock, read_log
+from training.review_log import LOCK_NAME, DataLock, read_log
 from training.search import SearchEngine, search_images
 from training.sources import archive_items, folder_items, read_url_list
 
@@ -27,10 +27,22 @@ log = logging.getLogger(__name__)
 
 def build_dataset(cfg: Config, engine: SearchEngine | None = None, allow_address=None) -> dict:
     """Gather, download and clean images into cfg.data_dir; return the summary written to summary.json."""
+    new = not cfg.data_dir.exists()
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
-    # A review page open on this folder moves images too; one writer at a time, or each undoes the other.
-    with DataLock(cfg.data_dir, "python -m training data"):
-        return _build(cfg, engine, allow_address)
+    try:
+        # A review page open on this folder moves images too; one writer at a time, or each undoes the other.
+        with DataLock(cfg.data_dir, "python -m training data"):
+            return _build(cfg, engine, allow_address)
+    except BaseException:
+        if new:  # refused before anything was fetched (a missing --urls file, say): leave no empty folder behind
+            _remove_if_only_lock(cfg.data_dir)
+        raise
+
+
+def _remove_if_only_lock(data_dir: Path) -> None:
+    if [p.name for p in data_dir.iterdir()] == [LOCK_NAME]:
+        (data_dir / LOCK_NAME).unlink()
+        data_dir.rmdir()
 
 
 def _build(cfg: Config, engine: SearchEngine | None, allow_address) -> dict:

@@ -55,6 +55,9 @@ def review(cfg: Config) -> None:
 
 def trained_on(model_dir: Path) -> Path:
     """The data folder a model was trained on, as its settings.json records it."""
+    if not model_dir.is_dir():
+        raise StageError(f"no model folder at {model_dir}; pass the folder `python -m training train` wrote "
+                         "(models/<name>), or train one first")
     try:
         return Path(json.loads((model_dir / "settings.json").read_text())["data"])
     except (OSError, ValueError, KeyError, TypeError):

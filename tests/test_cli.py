@@ -1,0 +1,46 @@
+"""Tests for training/cli.py: the one command line and what its --help says."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from training.cli import build_parser, config_from_args
+from training.config import Config
+
+STAGES = ["data", "train", "all", "publish", "deploy", "review", "convert"]
+
+
+def help_text(stage: str, capsys) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args([stage, "--help"])
+    assert exit_.value.code == 0
+    return " ".join(capsys.readouterr().out.split())  # unwrap argparse's line breaks
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_help_shows_defaults_only_where_they_tell_something(stage, capsys):
+    text = help_text(stage, capsys)
+    assert not re.search(r"\(default: (None|True|False|==SUPPRESS==)\)", text)
+    assert not re.search(r"default:[^()]*\) \(default:", text)  # a flag that says its default twice
+
+
+def test_help_shows_the_config_defaults(capsys):
+    text = help_text("all", capsys)
+    d = Config()
+    for flag, value in [("--epochs", d.epochs), ("--size", d.size), ("--batch-size", d.batch_size),
+                        ("--arch", d.arch), ("--valid-pct", d.valid_pct), ("--license", d.license)]:
+        assert re.search(rf"{flag} \S+ .*?\(default: {re.escape(str(value))}\)", text), flag
+
+
+def test_deploy_help_speaks_of_the_space(capsys):
+    text = help_text("deploy", capsys)
+    assert "create the Space private" in text and "license in the Space's metadata" in text
+    assert "publish to the Hugging Face Hub" not in text
+
+
+def test_flags_fill_the_config_and_absent_ones_keep_its_defaults():
+    args = build_parser().parse_args(["train", "--epochs", "2", "--no-pretrained", "--lr", "0.01"])
+    cfg = config_from_args(args)
+    assert (cfg.epochs, cfg.pretrained, cfg.lr) == (2, False, 0.01)
+    assert (cfg.size, cfg.arch, cfg.seed) == (Config().size, Config().arch, Config().seed)
