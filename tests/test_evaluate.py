@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,8 @@ import pytest
 from fastai.learner import load_learner
 from PIL import Image
 
-from training.evaluate import compute_metrics, confusions, diagnose, read_history
+from training.evaluate import (Evaluation, compute_metrics, confusions, diagnose, read_history, report_markdown,
+                                top_losses, write_report)
 from training.train import build_dataloaders
 
 
@@ -37,8 +39,8 @@ def test_confusion_matrix_and_rates_match_a_recount(predictions):
     for i, label in enumerate(labels):
         row, col = sum(cm[i]), sum(r[i] for r in cm)
         assert metrics["per_class"][label]["support"] == row
-        assert metrics["per_class"][label]["recall"] == pytest.approx(cm[i][i] / row if row else 0)
-        assert metrics["per_class"][label]["precision"] == pytest.approx(cm[i][i] / col if col else 0)
+        assert metrics["per_class"][label]["recall"] == (pytest.approx(cm[i][i] / row) if row else None)
+        assert metrics["per_class"][label]["precision"] == (pytest.approx(cm[i][i] / col) if col else None)
 
 
 def test_error_rate_and_loss_match_fastai_validate(predictions):
@@ -65,6 +67,8 @@ def test_epochs_in_metrics_are_the_history(tiny_model):
     metrics = json.loads((tiny_model.folder / "report" / "metrics.json").read_text())
     history = read_history(tiny_model.folder / "report" / "history.csv")
     assert metrics["epochs"] == history and len(history) == tiny_model.cfg.epochs + 1
+    assert [r["phase"] for r in history] == ["frozen"] + ["unfrozen"] * tiny_model.cfg.epochs
+    assert all(r["train_loss_mean"] > 0 and r["train_loss"] > 0 for r in history)
 
 
 def test_report_names_confusions_verdict_and_files(tiny_model):
@@ -83,32 +87,111 @@ def test_plots_are_pngs(tiny_model, name):
         assert img.format == "PNG" and min(img.size) > 100
 
 
-@pytest.mark.parametrize("probs, targets, accuracy, precision, recall", [
-    ([[.9, .1], [.8, .2], [.3, .7], [.4, .6]], [0, 0, 1, 1], 1.0, [1, 1], [1, 1]),
-    ([[.9, .1], [.8, .2], [.6, .4], [.4, .6]], [0, 0, 1, 1], 0.75, [2 / 3, 1], [1, .5]),
-    ([[.9, .1], [.8, .2]], [0, 1], 0.5, [.5, 0], [1, 0]),  # label 1 never predicted: precision 0, not NaN
+@pytest.mark.parametrize("probs, targets, accuracy, precision, recall, f1, macro_f1", [
+    ([[.9, .1], [.8, .2], [.3, .7], [.4, .6]], [0, 0, 1, 1], 1.0, [1, 1], [1, 1], [1, 1], 1),
+    ([[.9, .1], [.8, .2], [.6, .4], [.4, .6]], [0, 0, 1, 1], 0.75, [2 / 3, 1], [1, .5], [.8, 2 / 3], 11 / 15),
+    # b never predicted: its precision is undefined, and its recall 0 makes its F1 0
+    ([[.9, .1], [.8, .2]], [0, 1], 0.5, [.5, None], [1, 0], [2 / 3, 0], 1 / 3),
+    # b has no validation images: recall and F1 undefined, left out of macro F1; a predicted as b: precision 0
+    ([[.9, .1], [.2, .8]], [0, 0], 0.5, [1, 0], [.5, None], [2 / 3, None], 2 / 3),
 ])
-def test_compute_metrics_table(probs, targets, accuracy, precision, recall):
+def test_compute_metrics_table(probs, targets, accuracy, precision, recall, f1, macro_f1):
     m = compute_metrics(np.array(probs), np.array(targets), ["a", "b"])
     assert m["accuracy"] == pytest.approx(accuracy) and m["error_rate"] == pytest.approx(1 - accuracy)
-    assert [m["per_class"][k]["precision"] for k in "ab"] == pytest.approx(precision)
-    assert [m["per_class"][k]["recall"] for k in "ab"] == pytest.approx(recall)
+    for key, want in (("precision", precision), ("recall", recall), ("f1", f1)):
+        got = [m["per_class"][k][key] for k in "ab"]
+        assert [g is None for g in got] == [w is None for w in want], key
+        assert [g for g in got if g is not None] == pytest.approx([w for w in want if w is not None]), key
+    assert m["macro_f1"] == pytest.approx(macro_f1)
     assert np.array(m["confusion_matrix"]["matrix"]).sum() == len(targets)
 
 
-def _history(*pairs):
-    return [{"epoch": i, "phase": "", "train_loss": t, "valid_loss": v} for i, (t, v) in enumerate(pairs)]
+def _history(*pairs, frozen=0):
+    """History rows from (train, valid) pairs; a third number is the epoch's mean train loss."""
+    return [{"epoch": i, "phase": "frozen" if i < frozen else "unfrozen", "train_loss": p[0], "valid_loss": p[1],
+             "train_loss_mean": p[2] if len(p) > 2 else None} for i, p in enumerate(pairs)]
 
 
-@pytest.mark.parametrize("history, verdict", [
-    (_history((1.0, 0.8), (0.6, 0.5), (0.3, 0.6), (0.1, 0.9)), "Overfitting"),
-    (_history((2.0, 1.0), (1.8, 0.9), (1.5, 0.8)), "Underfitting"),
-    (_history((1.0, 1.2), (0.7, 0.9), (0.5, 0.6)), "No sign"),
-    (_history((1.0, 0.8)), "Too few epochs"),
-    ([], "Too few epochs"),
+@pytest.mark.parametrize("history, verdict, words", [
+    (_history((1.0, 0.8), (0.6, 0.5), (0.3, 0.6), (0.1, 0.9)), "Overfitting", ["0.500 to 0.900", "0.600 to 0.100"]),
+    (_history((2.0, 1.0), (1.8, 0.9), (1.5, 0.8)), "Underfitting", ["(1.50)", "(0.800)"]),
+    (_history((1.0, 1.2), (0.7, 0.9), (0.5, 0.6)), "No sign", ["1.20 to 0.600", "below the valid loss"]),
+    (_history((1.0, 0.8)), "Too few epochs", []),
+    ([], "Too few epochs", []),
+    # the frozen (head-only) epoch is not judged: one epoch after it is too few, whatever the numbers
+    (_history((1.2, 0.9), (0.8, 0.95), frozen=1), "Too few epochs", ["--epochs 2"]),
+    (_history((3.0, 0.1), (0.8, 0.7), (0.6, 0.65), frozen=1), "No sign", ["epochs 1–2"]),
+    # a rise within 2% is noise, not overfitting
+    (_history((.5, .60), (.4, .59), (.3, .6001)), "No sign", []),
+    # valid loss rising while the train loss does not fall is said as such, not hidden behind "no sign"
+    (_history((.5, .6), (.55, .7), (.6, .8)), "The valid loss rose", ["0.600 to 0.800", "lower learning rate"]),
+    # both at once: each is said
+    (_history((1.0, 0.5), (0.9, 0.6), (0.8, 0.7)), "Underfitting", ["Overfitting: over epochs 0–2"]),
+    (_history((.5, .5), (.4, .4)), "No sign", ["equal to the valid loss"]),
+    # the epoch's mean train loss is judged, not fastai's lagging running average
+    (_history((2.0, 0.9, 1.0), (1.5, 0.8, 0.6), (1.2, 0.7, 0.4)), "No sign", ["1.00 to 0.400"]),
+    (_history((1.0, 0.8), (float("nan"), float("nan"))), "Training diverged", ["epoch 1", "--lr"]),
 ])
-def test_diagnose_table(history, verdict):
-    assert diagnose(history).startswith(verdict)
+def test_diagnose_table(history, verdict, words):
+    said = diagnose(history)
+    assert said.startswith(verdict), said
+    assert all(w in said for w in words), said
+
+
+def _evaluation(labels, losses, correct):
+    n, c = len(losses), len(labels)
+    targets = np.arange(n) % c
+    preds = np.where(correct, targets, (targets + 1) % c)
+    probs = np.full((n, c), 0.1 / max(c - 1, 1))
+    probs[np.arange(n), preds] = 0.9
+    items = [Path("/home/someone/data/pets/images") / labels[t] / f"{i}.jpg" for i, t in enumerate(targets)]
+    ev = Evaluation(labels, items, probs, targets, np.array(losses, dtype=float), {})
+    ev.metrics = compute_metrics(probs, targets, labels)
+    return ev
+
+
+def test_a_nan_loss_is_the_first_image_to_look_at():
+    ev = _evaluation(["a", "b"], [0.5, float("nan"), 2.0, 0.1], [True, False, False, True])
+    assert [r["file"] for r in top_losses(ev, 3)] == ["images/b/1.jpg", "images/a/2.jpg", "images/a/0.jpg"]
+    assert [r["correct"] for r in top_losses(ev, 3)] == [False, False, True]
+
+
+def test_labels_with_markdown_characters_keep_the_report_tables_whole():
+    labels = ["black|grizzly", "*teddy*", "brown_bear"]
+    ev = _evaluation(labels, [2.0, 1.5, 1.0, 0.5, 0.2, 0.1], [False, False, True, True, True, True])
+    ev.metrics.update(epochs=[], top_losses=top_losses(ev, 6))
+    report = report_markdown(ev.metrics)
+    rows = [line for line in report.splitlines() if line.startswith("|")]
+    assert rows and all(len(re.split(r"(?<!\\)\|", row)) == len(re.split(r"(?<!\\)\|", rows[0])) for row in rows[:5])
+    assert "| black\\|grizzly |" in report and "\\*teddy\\*" in report and "brown\\_bear" in report
+    assert "`images/black\\|grizzly/0.jpg`" in report and "`images/*teddy*/1.jpg`" in report
+
+
+def test_a_diverged_run_writes_valid_json_and_says_so(tmp_path):
+    ev = _evaluation(["a", "b"], [float("nan")] * 4, [True, False, True, False])
+    ev.metrics.update(valid_loss=None, top_losses=top_losses(ev, 4),
+                      epochs=_history((1.0, 0.9, 1.0), (float("nan"), float("nan"), float("nan")), (2, 3, 4)))
+    for r in ev.metrics["top_losses"]:
+        Image.new("RGB", (8, 8)).save(tmp_path / "x.jpg")
+        r["file"] = "x.jpg"
+    write_report(ev.metrics, tmp_path / "report", tmp_path)
+    saved = json.loads((tmp_path / "report" / "metrics.json").read_text())  # strict JSON: no NaN
+    assert saved["epochs"][1]["valid_loss"] is None and saved["top_losses"][0]["loss"] is None
+    assert "Training diverged" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_report_names_the_data_folder_only_when_relative(tmp_path):
+    ev = _evaluation(["a", "b"], [1.0, 0.5], [False, True])
+    ev.metrics.update(epochs=[], top_losses=[])
+    assert "under the data folder `data/pets`" in report_markdown(ev.metrics, "the data folder `data/pets`")
+    assert "under the data folder." in report_markdown(ev.metrics)
+
+
+def test_more_than_five_confused_pairs_are_counted():
+    labels = list("abcdefg")
+    ev = _evaluation(labels, [1.0] * 7, [False] * 7)  # each label predicted as the next: 7 pairs
+    ev.metrics.update(epochs=[], top_losses=[])
+    assert "and 2 more pairs" in report_markdown(ev.metrics)
 
 
 def test_confusions_are_largest_first():

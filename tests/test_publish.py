@@ -99,7 +99,8 @@ def test_card_body_documents_the_model(tiny_model, card):
     config = Classifier.from_folder(tiny_model.folder).config
     text = card.text
     for label, m in config["metrics"]["per_class"].items():
-        assert f"| {label} | {m['precision']:.2f} | {m['recall']:.2f} | {m['f1']:.2f} | {m['support']} |" in text
+        cells = ["–" if m[k] is None else f"{m[k]:.2f}" for k in ("precision", "recall", "f1")]
+        assert f"| {label} | {' | '.join(cells)} | {m['support']} |" in text
     assert "](report/confusion_matrix.png)" in text
     assert f"fine_tune({config['training']['epochs']})" in text and "learning rate 0.01" in text
     assert f"seed {config['seed']}" in text and config["arch"] in text

@@ -44,6 +44,39 @@ def test_history_has_the_frozen_epoch_and_every_fine_tuning_epoch(tiny_model):
     assert all(float(r["train_loss"]) > 0 and float(r["valid_loss"]) > 0 for r in rows)
 
 
+def test_history_has_each_epochs_mean_train_loss(tiny_model):
+    with (tiny_model.folder / "report" / "history.csv").open(newline="") as f:
+        header, *rows = list(csv.reader(f))
+    assert header[:5] == ["epoch", "phase", "train_loss", "train_loss_mean", "valid_loss"]
+    assert all(float(r[3]) > 0 for r in rows)
+
+
+def test_epoch_mean_loss_is_the_plain_mean_of_the_training_batches():
+    from fastai.callback.core import Callback
+    from fastai.test_utils import synth_learner
+
+    from training.train import EpochMeanLoss
+
+    class Batches(Callback):  # each training batch's mean loss and size, epoch by epoch
+        def before_fit(self):
+            self.epochs = []
+
+        def before_epoch(self):
+            self.epochs.append([])
+
+        def after_batch(self):
+            if self.training:
+                self.epochs[-1].append((float(self.learn.loss), len(self.learn.yb[0])))
+
+    learn = synth_learner(n_trn=5, lr=0.1)  # 5 batches of 16 a epoch, a loss that falls fast
+    mean, batches = EpochMeanLoss(), Batches()
+    learn.fit(3, cbs=[mean, batches])
+    want = [sum(loss * n for loss, n in e) / sum(n for _, n in e) for e in batches.epochs]
+    assert mean.means == pytest.approx(want, rel=1e-6)
+    running = [row[0] for row in learn.recorder.values]  # fastai's train_loss column
+    assert running[-1] > mean.means[-1]  # the running average still carries the first epoch's losses
+
+
 def test_export_pkl_references_no_notebook_or_project_code(tiny_model):
     """Loading export.pkl must need only fastai/torch: no lambda, nothing from __main__ or our own modules."""
     with zipfile.ZipFile(tiny_model.folder / "export.pkl") as z:

@@ -25,6 +25,7 @@ from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 
 from training.config import Config
 from training.errors import StageError
+from training.evaluate import per_class_table
 from training.hub import HUB_ERRORS, check_private, check_repo_id, connect, fresh_folder, reason
 
 log = logging.getLogger(__name__)
@@ -181,9 +182,7 @@ def _evaluation(config: dict, files: list[str]) -> str:
     lines = ["## Evaluation", "",
              f"On {metrics.get('valid_images', '?')} held-out validation images: **accuracy "
              f"{metrics['accuracy']:.1%}**, error rate {metrics['error_rate']:.1%}.", "",
-             "| label | precision | recall | F1 | validation images |", "|---|---|---|---|---|"]
-    lines += [f"| {label} | {m['precision']:.2f} | {m['recall']:.2f} | {m['f1']:.2f} | {m['support']} |"
-              for label, m in (metrics.get("per_class") or {}).items()]
+             *per_class_table(metrics.get("per_class") or {}, images="validation images")]
     if "report/confusion_matrix.png" in files:
         lines += ["", "![Confusion matrix: rows are the actual label, columns the predicted one]"
                       "(report/confusion_matrix.png)"]

@@ -21,12 +21,13 @@ from urllib.error import URLError
 
 import torch
 import torchvision.models
+from fastai.callback.core import Callback
 from fastai.callback.progress import CSVLogger
 from fastai.callback.schedule import valley
 from fastai.data.block import CategoryBlock, DataBlock
 from fastai.data.transforms import Normalize, RandomSplitter, get_image_files, parent_label
 from fastai.metrics import error_rate
-from fastai.torch_core import set_seed
+from fastai.torch_core import find_bs, set_seed
 from fastai.vision.augment import RandomResizedCrop, aug_transforms
 from fastai.vision.core import imagenet_stats
 from fastai.vision.data import ImageBlock
@@ -215,17 +216,43 @@ def _fit(learn, epochs: int, lr: float, history: Path) -> float:
     # fine_tune fits twice (frozen, then unfrozen); appending keeps the frozen epoch in the file.
     # Every process sees the same gathered metrics, so only the main one writes them.
     loggers = [CSVLogger(history.resolve(), append=True)] if main else []
+    mean_loss = EpochMeanLoss()
     start = time.perf_counter()
     with distributed.data_parallel(learn):
-        learn.fine_tune(epochs, lr, cbs=loggers)
+        learn.fine_tune(epochs, lr, cbs=[*loggers, mean_loss])
     seconds = time.perf_counter() - start
     if main:
-        _tidy_history(history)
+        _tidy_history(history, mean_loss.means)
     return seconds
 
 
-def _tidy_history(path: Path) -> None:
-    """Rewrite CSVLogger's two appended tables as one, numbering epochs through and naming the phase."""
+class EpochMeanLoss(Callback):
+    """The plain mean of each epoch's training-batch losses, for the report's over/underfitting verdict.
+
+    fastai's train_loss column is a running average (beta 0.98) that restarts with each fit: with the dozen
+    batches an epoch of a lesson-sized dataset has, it still carries epochs-old losses and reads as
+    underfitting. Given to fine_tune, so it sees both fits and is never exported with the learner.
+    """
+
+    def __init__(self):
+        self.means: list[float] = []
+
+    def before_epoch(self):
+        self.total, self.count = 0.0, 0
+
+    def after_batch(self):
+        if self.training:  # a tensor sum: no GPU sync per batch
+            size = find_bs(self.learn.yb)
+            self.total = self.total + self.learn.loss.detach().float().mean() * size
+            self.count += size
+
+    def after_epoch(self):
+        self.means.append(float(self.total / self.count) if self.count else float("nan"))
+
+
+def _tidy_history(path: Path, means: list[float]) -> None:
+    """Rewrite CSVLogger's two appended tables as one, numbering epochs through, naming the phase and adding
+    each epoch's mean train loss next to fastai's running one."""
     with path.open(newline="") as f:
         rows = list(csv.reader(f))
     header, table, phase = rows[0], [], "frozen"
@@ -233,9 +260,10 @@ def _tidy_history(path: Path) -> None:
         if row == header:
             phase = "unfrozen"
             continue
-        table.append([len(table), phase, *row[1:]])
+        mean = f"{means[len(table)]:.6f}" if len(table) < len(means) else ""
+        table.append([len(table), phase, row[1], mean, *row[2:]])
     with path.open("w", newline="") as f:
-        csv.writer(f).writerows([[header[0], "phase", *header[1:]], *table])
+        csv.writer(f).writerows([[header[0], "phase", header[1], "train_loss_mean", *header[2:]], *table])
 
 
 def _dataset_summary(data_dir: Path, counts: dict[str, int], dls) -> dict:
