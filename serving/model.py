@@ -262,6 +262,8 @@ def _optimized_copy(path: Path) -> Path | None:
     """This machine's optimized copy of the model at `path`, written now if missing; None if it can't be.
 
     The copy suits this CPU and onnxruntime version only, and this very file: all of them are in its name.
+    A new copy replaces the older ones of the same path (a re-export, a new download), so the cache holds
+    one model's worth per model folder, however often it is retrained.
     """
     folder = None
     try:
@@ -269,7 +271,8 @@ def _optimized_copy(path: Path) -> Path | None:
         key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino,
                ort.__version__, _cpu_flags())
         folder = _cache_folder()
-        cached = folder / f"{hashlib.sha256(repr(key).encode()).hexdigest()[:24]}.onnx"
+        same_path = hashlib.sha256(key[0].encode()).hexdigest()[:12]
+        cached = folder / f"{same_path}-{hashlib.sha256(repr(key).encode()).hexdigest()[:24]}.onnx"
         if cached.exists():
             return cached
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -285,6 +288,9 @@ def _optimized_copy(path: Path) -> Path | None:
             os.replace(partial, cached)  # whole or absent, even with two processes starting at once
         finally:
             Path(partial).unlink(missing_ok=True)
+        for stale in folder.glob(f"{same_path}-*.onnx"):  # a session already loaded from one has read it whole
+            if stale != cached:
+                stale.unlink(missing_ok=True)
         return cached
     except Exception as exc:  # a read-only or full disk, no home folder, or a model onnxruntime can't load
         log.warning("no optimized copy of %s in %s (%s); optimizing it in memory", path, folder, exc)

@@ -13,6 +13,7 @@ import logging
 import gradio as gr
 from gradio import processing_utils
 from fastapi import FastAPI, File, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
@@ -33,9 +34,10 @@ MESSAGES = {
     "too_large": "That file is too big. Please upload a smaller photo.",
     "busy": "The demo is busy right now. Please try again in a moment.",
     "internal": "Something went wrong on our side. Please try again.",
+    "no_file": "Send the image as a multipart form field named `file`, e.g. `curl -F file=@photo.jpg URL/classify`.",
 }
 STATUS = {"empty": 400, "not_image": 415, "truncated": 422, "corrupt": 422, "too_many_pixels": 413,
-          "too_large": 413, "busy": 503, "internal": 500}
+          "too_large": 413, "busy": 503, "internal": 500, "no_file": 400}
 
 
 def visitor_message(exc: ImageRejected) -> str:
@@ -81,6 +83,10 @@ def json_api(model: Model, max_bytes: int, max_concurrent: int = 4) -> FastAPI:
     """A FastAPI app with `POST /classify` (multipart `file`) → {"label", "confidences"}."""
     app = FastAPI(title="Image classifier", description=f"Labels: {', '.join(model.labels)}")
     slots = asyncio.Semaphore(max_concurrent)
+
+    @app.exception_handler(RequestValidationError)
+    async def no_file(request, exc):  # FastAPI's own answer, {"detail": [...]}, is not the documented ErrorBody
+        return _error("no_file")
 
     @app.post("/classify", response_model=Prediction,
               responses={code: {"model": ErrorBody} for code in sorted(set(STATUS.values()))})

@@ -18,6 +18,7 @@ from PIL import Image
 from serving.model import Classifier
 from serving.web import MESSAGES
 from tests.live_app import ROOT, LiveApp, gradio_call
+from tests.tiny_model import half_transparent
 
 # (name, bytes from the image server or a literal, the reason both the page and /classify give).
 BAD = [
@@ -61,19 +62,11 @@ def test_predict_through_gradio_client(client, example, tiny_model):
     assert all(math.isclose(got[k], expected[k], abs_tol=1e-6) for k in expected)
 
 
-def _half_transparent(example: Path) -> Image.Image:
-    """The example as RGBA, its alpha running from fully transparent to opaque."""
-    with Image.open(example) as img:
-        rgba = img.convert("RGBA")
-    rgba.putalpha(Image.linear_gradient("L").resize(rgba.size))
-    return rgba
-
-
 @pytest.mark.parametrize("mode", ["RGBA", "LA", "I;16"])
 def test_the_page_prepares_any_image_as_training_did(client, example, tiny_model, tmp_path, mode):
     """Transparency blended onto white, 16-bit scaled: serving.imaging's rules, not Gradio's own conversion
     (which turned transparent pixels black before the model saw them)."""
-    rgba = _half_transparent(example)
+    rgba = half_transparent(example)
     converted = rgba if mode == "RGBA" else rgba.convert("LA") if mode == "LA" else \
         Image.fromarray((np.asarray(rgba.convert("L"), dtype=np.uint16) * 257))
     path = tmp_path / f"{mode.replace(';', '')}.png"
@@ -98,6 +91,13 @@ def test_classify_is_described_in_openapi(live):
     post = spec["paths"]["/classify"]["post"]
     assert "multipart/form-data" in post["requestBody"]["content"]
     assert {"200", "413", "415", "422"} <= set(post["responses"])
+
+
+@pytest.mark.parametrize("request_", [{"files": {"image": b"x"}}, {"content": b"raw bytes"}, {}])
+def test_a_request_without_a_file_field_gets_the_documented_error_body(live, request_):
+    r = httpx.post(live.url + "/classify", timeout=30, **request_)
+    assert r.status_code == 400
+    assert r.json() == {"error": MESSAGES["no_file"], "reason": "no_file"}
 
 
 @pytest.mark.parametrize("name,body,reason", BAD)
@@ -131,7 +131,7 @@ def _confidences(stream: str) -> dict[str, float]:
 
 def test_inline_images_through_gradios_http_api_are_classified_as_sent(live, tiny_model, example, tmp_path):
     """A data: URL instead of an upload: the same probabilities as the file itself, transparency included."""
-    _half_transparent(example).save(tmp_path / "clear.png")
+    half_transparent(example).save(tmp_path / "clear.png")
     clf = Classifier.from_folder(tiny_model.folder)
     for path, mime in ((example, "image/jpeg"), (tmp_path / "clear.png", "image/png")):
         inline = f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode()

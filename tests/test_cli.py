@@ -44,3 +44,29 @@ def test_flags_fill_the_config_and_absent_ones_keep_its_defaults():
     cfg = config_from_args(args)
     assert (cfg.epochs, cfg.pretrained, cfg.lr) == (2, False, 0.01)
     assert (cfg.size, cfg.arch, cfg.seed) == (Config().size, Config().arch, Config().seed)
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["train", "--epochs", "0"], "--epochs: must be at least 1, got 0"),
+    (["train", "--size", "7"], "--size: must be at least 32, got 7"),
+    (["train", "--batch-size", "0"], "--batch-size: must be at least 1"),
+    (["train", "--lr", "-1"], "--lr: must be above 0, got -1"),
+    (["data", "--deadline", "0"], "--deadline: must be above 0"),
+    (["convert", "x.pkl", "--out", "m", "--size", "0"], "--size: must be at least 32"),
+    (["train", "--epochs", "two"], "--epochs: invalid int value: 'two'"),
+])
+def test_bad_values_are_refused_before_anything_runs(argv, words, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(argv)
+    assert exit_.value.code == 2 and words in capsys.readouterr().err
+
+
+def test_a_mistyped_flag_shows_the_stages_own_usage(capsys):
+    from training.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--batchsize", "8"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert "python -m training train: error: unrecognized arguments: --batchsize 8" in err
+    assert "--batch-size" in err  # the usage lists the flag that was meant

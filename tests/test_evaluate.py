@@ -77,7 +77,7 @@ def test_report_names_confusions_verdict_and_files(tiny_model):
     assert f"Accuracy {100 * metrics['accuracy']:.1f}%" in report
     for actual, predicted, n in confusions(metrics)[:5]:
         assert f"{n} '{actual}' image" in report and f"predicted as '{predicted}'" in report
-    assert diagnose(metrics["epochs"]) in report
+    assert diagnose(metrics["epochs"], len(metrics["per_class"])) in report
     assert all(r["file"] in report for r in metrics["top_losses"])
 
 
@@ -124,16 +124,20 @@ def _history(*pairs, frozen=0):
     # a rise within 2% is noise, not overfitting
     (_history((.5, .60), (.4, .59), (.3, .6001)), "No sign", []),
     # valid loss rising while the train loss does not fall is said as such, not hidden behind "no sign"
-    (_history((.5, .6), (.55, .7), (.6, .8)), "The valid loss rose", ["0.600 to 0.800", "lower learning rate"]),
-    # both at once: each is said
-    (_history((1.0, 0.5), (0.9, 0.6), (0.8, 0.7)), "Underfitting", ["Overfitting: over epochs 0–2"]),
+    (_history((.5, .6), (.55, .7), (.6, .8)), "Unsteady training", ["0.600 to 0.800", "lower learning rate"]),
+    # ...and rather than "underfitting" too: one verdict, one piece of advice
+    (_history((1.0, 0.5), (1.1, 0.6), (1.2, 0.7)), "Unsteady training", []),
+    # overfitting and the train loss still above the valid loss: the rising valid loss is what to act on
+    (_history((1.0, 0.5), (0.9, 0.6), (0.8, 0.7)), "Overfitting", ["over epochs 0–2"]),
     (_history((.5, .5), (.4, .4)), "No sign", ["equal to the valid loss"]),
     # the epoch's mean train loss is judged, not fastai's lagging running average
     (_history((2.0, 0.9, 1.0), (1.5, 0.8, 0.6), (1.2, 0.7, 0.4)), "No sign", ["1.00 to 0.400"]),
     (_history((1.0, 0.8), (float("nan"), float("nan"))), "Training diverged", ["epoch 1", "--lr"]),
+    # a loss that blew up and is coming down is not "no sign": far above guessing's ln(3) = 1.10
+    (_history((9e9, 7.25e9), (2e9, 1.21e7), frozen=0), "Training diverged", ["1.21e+07", "1.10", "3 labels"]),
 ])
 def test_diagnose_table(history, verdict, words):
-    said = diagnose(history)
+    said = diagnose(history, n_labels=3)
     assert said.startswith(verdict), said
     assert all(w in said for w in words), said
 
@@ -185,6 +189,15 @@ def test_report_names_the_data_folder_only_when_relative(tmp_path):
     ev.metrics.update(epochs=[], top_losses=[])
     assert "under the data folder `data/pets`" in report_markdown(ev.metrics, "the data folder `data/pets`")
     assert "under the data folder." in report_markdown(ev.metrics)
+
+
+def test_a_model_no_better_than_guessing_is_flagged():
+    ev = _evaluation(["a", "b", "c"], [1.0] * 6, [True, False, False, False, False, True])  # 2 of 6 right
+    ev.metrics.update(epochs=[], top_losses=[])
+    assert "does no better than guessing** (33% with 3 labels)" in report_markdown(ev.metrics)
+    ev = _evaluation(["a", "b", "c"], [1.0] * 6, [True, False, True, False, False, True])  # 3 of 6
+    ev.metrics.update(epochs=[], top_losses=[])
+    assert "guessing" not in report_markdown(ev.metrics)
 
 
 def test_more_than_five_confused_pairs_are_counted():

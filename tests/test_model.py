@@ -210,8 +210,14 @@ def test_the_optimized_model_is_cached_and_answers_the_same(tiny_model, image_fi
 def test_a_changed_model_file_is_optimized_afresh(tiny_model, tmp_path, monkeypatch):
     folder = _copy(tiny_model.folder, tmp_path / "m", "model.onnx", "config.json")
     _load_with_cache(folder, tmp_path / "cache", monkeypatch)
+    before = list((tmp_path / "cache").glob("*.onnx"))
     os.utime(folder / "model.onnx", ns=(1, 1))  # as a re-export or a new download would
-    _load_with_cache(folder, tmp_path / "cache", monkeypatch)
+    again = _load_with_cache(folder, tmp_path / "cache", monkeypatch)
+    after = list((tmp_path / "cache").glob("*.onnx"))
+    assert len(after) == 1 and after != before  # optimized afresh, and the stale copy is gone: no pile-up
+    assert again.session._model_path == str(after[0])
+    other = _copy(tiny_model.folder, tmp_path / "other", "model.onnx", "config.json")
+    _load_with_cache(other, tmp_path / "cache", monkeypatch)  # another model folder keeps its own copy
     assert len(list((tmp_path / "cache").glob("*.onnx"))) == 2
 
 

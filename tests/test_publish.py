@@ -15,7 +15,8 @@ from huggingface_hub import ModelCard, constants, snapshot_download
 from serving.model import Classifier
 from tests.hub_server import StandInHub
 from tests.live_app import ROOT
-from tests.tiny_model import make_images
+from tests.tiny_model import half_transparent, make_images
+from training.publish import _limitations
 
 TOKEN = "hf_publishTestToken7f3a9c"
 REPO = "alice/tiny-shapes"
@@ -105,11 +106,23 @@ def test_card_body_documents_the_model(tiny_model, card):
     assert f"fine_tune({config['training']['epochs']})" in text and "learning rate 0.01" in text
     assert f"seed {config['seed']}" in text and config["arch"] in text
     assert "| circle | 20 |" in text  # images per label
-    assert "web-scraped" in text.lower() and "Intended use and limitations" in text
+    assert "Intended use and limitations" in text and "1 image more or less" not in text
+    # the tiny model's images are generated, not searched: the card does not speak of an image search
+    assert not config["dataset"]["summary"]["source"].startswith("image search")
+    assert "It knows only its training images" in text and "search" not in text.lower()
+    assert "A " + config["arch"] + " trained from random weights" in text
     assert f"| fastai | {config['versions']['fastai']} |" in text
     for snippet in ("from gradio_client import Client", "load_learner(hf_hub_download", "ort.InferenceSession",
                     "Classifier.from_folder"):
         assert snippet in text
+
+
+def test_limitations_speak_of_the_search_when_the_images_were_searched():
+    config = {"labels": ["grizzly", "black"], "metrics": {"valid_images": 40},
+              "dataset": {"summary": {"source": "image search (ddgs): '{label} bear'"}}}
+    text = _limitations(config)
+    assert "Biases of web-scraped data" in text and "the search query" in text and "same search" in text
+    assert "2.5 percentage points" in text
 
 
 def test_the_pushed_model_classifies_like_the_local_folder(tiny_model, hub, published, tmp_path):
@@ -121,10 +134,14 @@ def test_the_pushed_model_classifies_like_the_local_folder(tiny_model, hub, publ
     np.testing.assert_allclose([list(p.values()) for p in got], [list(p.values()) for p in want], atol=1e-6)
 
 
-@pytest.mark.parametrize("heading", ["### onnxruntime", "### fastai"])
-def test_the_cards_snippets_run_and_agree_with_the_app(tiny_model, hub, card, tmp_path, heading):
+@pytest.mark.parametrize("heading, transparent", [("### onnxruntime", False), ("### onnxruntime", True),
+                                                 ("### fastai", False)])
+def test_the_cards_snippets_run_and_agree_with_the_app(tiny_model, hub, card, tmp_path, heading, transparent):
     code = re.search(re.escape(heading) + r".*?```python\n(.*?)```", card.text, re.S).group(1)
     photo = sorted((tiny_model.folder / "examples").glob("*"))[0]
+    if transparent:  # the app puts transparency on white, as training did; the snippet must too
+        half_transparent(photo).save(tmp_path / "clear.png")
+        photo = tmp_path / "clear.png"
     if heading == "### fastai":
         code += "print(dict(zip(learn.dls.vocab, probs.tolist())))\n"
     done = subprocess.run([sys.executable, "-c", code.replace("photo.jpg", str(photo))], cwd=tmp_path,

@@ -147,7 +147,8 @@ def test_cli_reports_a_missing_dataset_and_exits_2(tmp_path):
     cmd = [sys.executable, "-m", "training", "train", "--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "m")]
     run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120, env=_env())
     assert run.returncode == 2
-    assert "run `python -m training data` first" in run.stderr and "Traceback" not in run.stderr
+    assert f"`python -m training data --data {tmp_path / 'nothing'}`" in run.stderr
+    assert "check --name or --data" in run.stderr and "Traceback" not in run.stderr
 
 
 def _env() -> dict:

@@ -76,3 +76,11 @@ def tiny_model(tmp_path_factory) -> TinyModel:
     data = make_images(root / "data")
     cfg = tiny_config(data, root / "model")
     return TinyModel(cfg, data, train(cfg))
+
+
+def half_transparent(example: Path) -> Image.Image:
+    """The example as RGBA, its alpha running from fully transparent to opaque."""
+    with Image.open(example) as img:
+        rgba = img.convert("RGBA")
+    rgba.putalpha(Image.linear_gradient("L").resize(rgba.size))
+    return rgba

@@ -14,6 +14,28 @@ D = Config()  # defaults, shown by --help
 S = argparse.SUPPRESS  # flags without a default: absent from args, so Config's default applies
 
 
+def at_least(minimum: float, kind: type = int):
+    """An argparse type: a number of `kind` no smaller than `minimum`, else argparse's own error and usage."""
+    def parse(text: str):
+        value = kind(text)  # a ValueError becomes argparse's "invalid int value"
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {text}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def positive(text: str) -> float:
+    """An argparse type: a float above 0."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
+MIN_SIZE = 32  # a resnet halves its input five times: below 32 px it has nothing left to look at
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Adds "(default: ...)" only where it tells something: not to on/off switches, required flags, flags
     without a default, or help that already says what the default is."""
@@ -32,20 +54,20 @@ def _data_flags(p: argparse.ArgumentParser) -> None:
                    help=f"class labels (default: those in --urls/--from-folder/--archive; for search: {' '.join(DEFAULT_LABELS)})")
     g = p.add_argument_group("where images come from (search unless --urls/--from-folder/--archive)")
     g.add_argument("--query", default=D.query, help="image-search template; {label} is replaced by each label")
-    g.add_argument("--max-images", type=int, default=D.max_images, help="search results per label")
+    g.add_argument("--max-images", type=at_least(1), default=D.max_images, help="search results per label")
     g.add_argument("--urls", type=Path, default=S, help="CSV with header label,url; or a text file, one URL a line, for one label")
     g.add_argument("--from-folder", type=Path, default=S, help="a folder with one subfolder of images per label")
     g.add_argument("--archive", default=S, help="a .zip/.tgz of label folders, as a path or URL")
     g.add_argument("--data", type=Path, default=S, help="dataset folder (default: data/<name>)")
     g = p.add_argument_group("download and clean")
-    g.add_argument("--workers", type=int, default=D.workers, help="concurrent downloads")
-    g.add_argument("--deadline", type=float, default=D.deadline, help="seconds allowed for one whole file")
-    g.add_argument("--max-bytes", type=int, default=D.max_bytes, help="largest file downloaded, in bytes")
+    g.add_argument("--workers", type=at_least(1), default=D.workers, help="concurrent downloads")
+    g.add_argument("--deadline", type=positive, default=D.deadline, help="seconds allowed for one whole file")
+    g.add_argument("--max-bytes", type=at_least(1), default=D.max_bytes, help="largest file downloaded, in bytes")
     g.add_argument("--allow-private-urls", action="store_true", help="allow loopback/private addresses (testing only)")
     g.add_argument("--retry-failed", action="store_true", help="retry URLs that failed on an earlier run")
-    g.add_argument("--min-side", type=int, default=D.min_side, help="reject images smaller than this, in pixels")
-    g.add_argument("--max-side", type=int, default=D.max_side, help="resize so the longest side is at most this")
-    g.add_argument("--min-per-label", type=int, default=D.min_per_label, help="fail if a label keeps fewer images")
+    g.add_argument("--min-side", type=at_least(1), default=D.min_side, help="reject images smaller than this, in pixels")
+    g.add_argument("--max-side", type=at_least(1), default=D.max_side, help="resize so the longest side is at most this")
+    g.add_argument("--min-per-label", type=at_least(0), default=D.min_per_label, help="fail if a label keeps fewer images")
 
 
 def _train_flags(p: argparse.ArgumentParser, *, with_name: bool) -> None:
@@ -57,10 +79,10 @@ def _train_flags(p: argparse.ArgumentParser, *, with_name: bool) -> None:
     g.add_argument("--arch", default=D.arch, help="resnet18/34/50, or any timm model name")
     g.add_argument("--no-pretrained", dest="pretrained", action="store_false", default=S,
                    help="start from random weights (offline runs and tests; much less accurate)")
-    g.add_argument("--epochs", type=int, default=D.epochs, help="fine-tuning epochs")
-    g.add_argument("--size", type=int, default=D.size, help="input size in pixels")
-    g.add_argument("--batch-size", type=int, default=D.batch_size, help="images per batch")
-    g.add_argument("--lr", type=float, default=S, help="learning rate (default: the learning-rate finder's suggestion)")
+    g.add_argument("--epochs", type=at_least(1), default=D.epochs, help="fine-tuning epochs")
+    g.add_argument("--size", type=at_least(MIN_SIZE), default=D.size, help="input size in pixels")
+    g.add_argument("--batch-size", type=at_least(1), default=D.batch_size, help="images per batch")
+    g.add_argument("--lr", type=positive, default=S, help="learning rate (default: the learning-rate finder's suggestion)")
     g.add_argument("--seed", type=int, default=D.seed, help="seed for the validation split and training")
     g.add_argument("--valid-pct", type=float, default=D.valid_pct, help="share of images held out for validation")
 
@@ -96,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="From labels to a public image classifier: data → train → publish → deploy.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    parser.stages = sub.choices  # name -> that stage's parser, for errors in its own terms (see main)
 
     p = sub.add_parser("data", formatter_class=fmt, help="find, download, verify, clean and deduplicate images",
                        description="Build data/<name>/images/<label>/ and a manifest accounting for every URL.")
@@ -149,14 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the data folder the model was trained on (default: the one MODEL_DIR/settings.json names)")
     p.add_argument("--port", dest="review_port", type=int, default=D.review_port, metavar="PORT",
                    help="port of the page on 127.0.0.1")
-    p.add_argument("--count", dest="review_count", type=int, default=D.review_count, metavar="N",
+    p.add_argument("--count", dest="review_count", type=at_least(1), default=D.review_count, metavar="N",
                    help="images shown per label and split, hardest first")
 
     p = sub.add_parser("convert", formatter_class=fmt, help="turn an existing export.pkl into a model folder",
                        description="Convert a fastai export.pkl (e.g. from the course notebook) to model.onnx + config.json.")
     p.add_argument("export_pkl", type=Path, help="path to export.pkl")
     p.add_argument("--out", type=Path, required=True, help="model folder to write")
-    p.add_argument("--size", type=int, default=None, help="input size (default: read from the learner's transforms)")
+    p.add_argument("--size", type=at_least(MIN_SIZE), default=None, help="input size (default: read from the learner's transforms)")
     return parser
 
 
@@ -177,7 +200,10 @@ def _dry_run_out(args: argparse.Namespace) -> Path | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # argparse would answer with the top-level usage; the stage's own lists the flags meant
+        parser.stages[args.stage].error(f"unrecognized arguments: {' '.join(unknown)}")
     # Under `accelerate launch` every process runs this; only the main one (RANK 0) reports progress.
     quiet = int(os.environ.get("RANK", "0")) > 0
     logging.basicConfig(level=logging.WARNING if quiet else logging.DEBUG if args.verbose else logging.INFO,

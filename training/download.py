@@ -442,6 +442,8 @@ def _run_sync(coro: Coroutine):
 
 
 def _summarise(outcomes: list[Fetched], reused: int, nbytes: int, seconds: float) -> None:
+    if not outcomes:  # images from a folder or an archive: nothing was downloaded, so nothing to say
+        return
     counts = Counter(f.status for f in outcomes)
     reasons = Counter(f.reason for f in outcomes if f.status != "ok")
     why = ", ".join(f"{reason} {n}" for reason, n in reasons.most_common())

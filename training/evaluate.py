@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
 log = logging.getLogger(__name__)
@@ -24,6 +25,9 @@ TOP_LOSSES = 9  # a 3x3 grid: enough to spot a pattern (mislabelled, off-topic, 
 TREND_EPOCHS = 3  # over- and underfitting are judged on the last few epochs, not on one noisy step
 RISE = 0.02  # a loss counts as rising or falling when it moves by more than 2%: less is epoch-to-epoch noise
 CONFUSIONS = 5  # confused pairs named in report.md; the confusion matrix has them all
+# A valid loss this many times ln(labels), what guessing at random scores, is a run that blew up. An overconfident
+# but useful model stays well under it: even 10% of images wrong at probability 1e-6 average 1.4.
+DIVERGED = 10
 
 
 @dataclass
@@ -143,32 +147,38 @@ def train_loss(row: dict) -> float | None:
     return row["train_loss_mean"] if row.get("train_loss_mean") is not None else row["train_loss"]
 
 
-def diagnose(history: list[dict]) -> str:
-    """A plain-words verdict on the loss curves after the head-only epoch: diverged, under- or overfitting,
-    a valid loss rising on its own, or none of these. Every sentence states the numbers it rests on."""
+def diagnose(history: list[dict], n_labels: int = 0) -> str:
+    """A plain-words verdict on the loss curves after the head-only epoch, stating the numbers it rests on.
+
+    One verdict with one piece of advice, the first that holds: diverged (a loss that is not a number, or a
+    valid loss far above the ln(labels) that guessing gives), a valid loss rising while the train loss does
+    not fall (unsteady), overfitting, underfitting, or none of these.
+    """
     rows = [r for r in history if r["phase"] != "frozen" and train_loss(r) is not None and r["valid_loss"] is not None]
     broken = [r["epoch"] for r in rows if not (math.isfinite(train_loss(r)) and math.isfinite(r["valid_loss"]))]
     if broken:
         return (f"Training diverged: the loss is not a number from epoch {broken[0]} on, so the model predicts "
                 "nothing useful. Train again with a lower learning rate (--lr).")
+    guess = math.log(n_labels) if n_labels > 1 else None
+    if rows and guess and rows[-1]["valid_loss"] > DIVERGED * guess:
+        return (f"Training diverged: the valid loss ended at {_loss(rows[-1]['valid_loss'])}, far above the "
+                f"{_loss(guess)} of guessing at random among {n_labels} labels. Train again with a lower learning "
+                "rate (--lr).")
     if len(rows) < 2:
         return ("Too few epochs to judge over- or underfitting: it takes at least two after the head-only first "
                 "epoch (--epochs 2 or more).")
     last = rows[-TREND_EPOCHS:]
     t0, t1, v0, v1 = train_loss(last[0]), train_loss(last[-1]), last[0]["valid_loss"], last[-1]["valid_loss"]
     span = f"over epochs {last[0]['epoch']}–{last[-1]['epoch']}"
-    verdicts = []
+    if v1 > v0 * (1 + RISE) and not t1 < t0 * (1 - RISE):
+        return (f"Unsteady training: {span} the valid loss rose from {_loss(v0)} to {_loss(v1)} while the train "
+                f"loss did not fall ({_loss(t0)} to {_loss(t1)}). Train again with a lower learning rate (--lr).")
+    if v1 > v0 * (1 + RISE):
+        return (f"Overfitting: {span} the valid loss rose from {_loss(v0)} to {_loss(v1)} while the train loss "
+                f"fell from {_loss(t0)} to {_loss(t1)}. Train for fewer epochs or collect more images.")
     if t1 > v1:
-        verdicts.append(f"Underfitting: the train loss ({_loss(t1)}) is still above the valid loss ({_loss(v1)}). "
-                        "Train for more epochs or with a higher learning rate.")
-    if v1 > v0 * (1 + RISE) and t1 < t0 * (1 - RISE):
-        verdicts.append(f"Overfitting: {span} the valid loss rose from {_loss(v0)} to {_loss(v1)} while the train "
-                        f"loss fell from {_loss(t0)} to {_loss(t1)}. Train for fewer epochs or collect more images.")
-    elif v1 > v0 * (1 + RISE):
-        verdicts.append(f"The valid loss rose {span}, from {_loss(v0)} to {_loss(v1)}, though the train loss did "
-                        f"not fall ({_loss(t0)} to {_loss(t1)}): training is unsteady. Try a lower learning rate.")
-    if verdicts:
-        return " ".join(verdicts)
+        return (f"Underfitting: the train loss ({_loss(t1)}) is still above the valid loss ({_loss(v1)}). Train "
+                "for more epochs or with a higher learning rate.")
     where = "below" if t1 < v1 else "equal to"
     return (f"No sign of over- or underfitting: {span} the valid loss went from {_loss(v0)} to {_loss(v1)} (not "
             f"rising) and the train loss from {_loss(t0)} to {_loss(t1)}, {where} the valid loss.")
@@ -208,9 +218,14 @@ def write_report(metrics: dict, report_dir: Path, root: Path) -> None:
 
 def report_markdown(metrics: dict, data_folder: str = "the data folder") -> str:
     """The short human-readable report."""
+    n_labels = len(metrics["per_class"])
     lines = ["# Evaluation report", "",
              f"Validation set: {metrics['valid_images']} images. Accuracy {100 * metrics['accuracy']:.1f}% "
-             f"(error rate {100 * metrics['error_rate']:.1f}%).", "", *per_class_table(metrics["per_class"])]
+             f"(error rate {100 * metrics['error_rate']:.1f}%).", ""]
+    if n_labels > 1 and metrics["valid_images"] and metrics["accuracy"] <= 1 / n_labels:
+        lines += [f"**This model does no better than guessing** ({100 / n_labels:.0f}% with {n_labels} labels). "
+                  "Read the training curve below before anything else.", ""]
+    lines += per_class_table(metrics["per_class"])
     lines += ["", "## Which classes get confused", ""]
     mixed = confusions(metrics)
     lines += [f"- {n} '{md(actual)}' image{'s' if n > 1 else ''} predicted as '{md(pred)}'."
@@ -218,8 +233,8 @@ def report_markdown(metrics: dict, data_folder: str = "the data folder") -> str:
     if len(mixed) > CONFUSIONS:
         lines.append(f"- ... and {len(mixed) - CONFUSIONS} more pairs, all in confusion_matrix.png.")
     lines += [] if mixed else ["None: every validation image was classified correctly."]
-    lines += ["", "## Training curve", "", diagnose(metrics["epochs"]), "",
-              "The first epoch trains only the new head, with the pretrained body frozen; the verdict looks at the "
+    lines += ["", "## Training curve", "", diagnose(metrics["epochs"], n_labels), "",
+              "The first epoch trains only the new head, with the body frozen; the verdict looks at the "
               "epochs after it. Each epoch's train loss here is the mean over its batches; the table fastai prints "
               "while training shows a running average, which lags behind on small datasets."]
     lines += ["", "## Look at these images first", "",
@@ -291,7 +306,8 @@ def _plot_losses(history: list[dict], path: Path) -> None:
     if frozen:
         ax.axvspan(min(frozen) - 0.5, max(frozen) + 0.5, color="grey", alpha=0.15, label="head only (frozen body)")
     ax.set(xlabel="epoch", ylabel="loss", title="Loss per epoch")
-    ax.legend()
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+    ax.legend(loc="best")
     _save(fig, path)
 
 

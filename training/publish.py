@@ -166,10 +166,11 @@ def _source(config: dict) -> str:
 
 def _intro(config: dict, cfg: Config) -> str:
     labels = config["labels"]
-    pretrained = {True: "from ImageNet weights", False: "from random weights"}.get(config.get("pretrained"), "")
+    pretrained = {True: "fine-tuned from ImageNet weights", False: "trained from random weights"}.get(
+        config.get("pretrained"), "trained")
     return "\n".join([
         f"# {cfg.repo_id.split('/')[-1]}: an image classifier for {_join(labels)}", "",
-        f"A {config.get('arch', 'convolutional network')} fine-tuned {pretrained} with fastai to tell "
+        f"A {config.get('arch', 'convolutional network')} {pretrained} with fastai to tell "
         f"{len(labels)} labels apart, exported to ONNX. Give it a photo; it returns a probability for each label.",
         "", "## Labels", "", "In the model's output order:", "",
         *(f"{i}. `{label}`" for i, label in enumerate(labels))])
@@ -231,21 +232,27 @@ def _preprocess_words(config: dict) -> str:
 def _limitations(config: dict) -> str:
     valid = (config.get("metrics") or {}).get("valid_images")
     small = (f" With {valid} validation images, one image more or less right moves accuracy by "
-             f"{1 / valid:.1%}." if valid else "")
+             f"{100 / valid:.1f} percentage points." if valid else "")
+    searched = _source(config).startswith("image search")
+    data = ([
+        "- **Biases of web-scraped data.** The images come from an image search, so they show what the search "
+        "engine ranks first: popular, well-lit, centred, often professional or stock photos, over-representing "
+        "some places and cultures. Photos taken in other conditions (night, unusual angles, other regions, "
+        "drawings, toys) will do worse than the numbers above.",
+        "- **Noisy labels.** A label is the search query, not a person's judgement, so some training images are "
+        "wrong or off-topic. Deduplication removed exact and near copies, but not everything."] if searched else [
+        "- **It knows only its training images.** Photos unlike them (other lighting, angles, places, cameras, "
+        "drawings) will do worse than the numbers above.",
+        "- **Labels are as good as their source.** Each image's label is the folder or list it came from; "
+        "deduplication removed exact and near copies, but mislabelled images may remain."])
     return "\n".join([
         "## Intended use and limitations", "",
         f"Made to demonstrate and teach image classification (fastai lesson 2): sorting photos into exactly "
         f"these labels: {_join(config['labels'])}. Not for decisions about people, health, safety or money.", "",
         "- **It always picks one of its labels.** There is no \"none of these\": a photo of anything else still "
-        "gets a confident-looking answer. The probabilities are not calibrated.",
-        "- **Biases of web-scraped data.** When the images come from an image search, they show what the search "
-        "engine ranks first: popular, well-lit, centred, often professional or stock photos, over-representing "
-        "some places and cultures. Photos taken in other conditions (night, unusual angles, other regions, "
-        "drawings, toys) will do worse than the numbers above.",
-        "- **Noisy labels.** A label is the search query, not a person's judgement, so some training images are "
-        "wrong or off-topic. Deduplication removed exact and near copies, but not everything.",
-        "- **Optimistic accuracy.** The validation images came from the same search as the training images, so "
-        f"the score measures this data set, not the world.{small}",
+        "gets a confident-looking answer. The probabilities are not calibrated.", *data,
+        f"- **Optimistic accuracy.** The validation images came from the same {'search' if searched else 'collection'} "
+        f"as the training images, so the score measures this data set, not the world.{small}",
         "- **Image rights.** The training images belong to their owners. This repo does not publish them, only "
         "a few validation images, in examples/ and in the report's plots. Check you may use them before "
         "building on this model."])
@@ -275,8 +282,9 @@ def _usage(config: dict, cfg: Config, files: list[str]) -> str:
                    f'learn = load_learner(hf_hub_download("{repo}", "export.pkl"))',
                    f'label, index, probs = learn.predict("{example}")', "```", ""]
     blocks += ["### onnxruntime, without torch or fastai", "", "```python", *_onnx_snippet(config, repo, example),
-               "```", "", "The same, with this project's serving code (it also handles EXIF rotation, transparency "
-               "and animated images the way training did):", "", "```python",
+               "```", "", "The same with the serving code the demo runs (`serving/`, in the demo Space's files: "
+               "copy it next to your script). It also reads large JPEGs at reduced size and handles 16-bit and "
+               "animated images the way training did:", "", "```python",
                "from huggingface_hub import snapshot_download", "from serving.model import Classifier", "",
                f'folder = snapshot_download("{repo}", allow_patterns=["model.onnx", "config.json"])',
                f'print(Classifier.from_folder(folder).classify("{example}"))', "```"]
@@ -294,14 +302,16 @@ def _onnx_snippet(config: dict, repo: str, example: str) -> list[str]:
         f'config = json.load(open(hf_hub_download("{repo}", "config.json")))',
         f'session = ort.InferenceSession(hf_hub_download("{repo}", "model.onnx"))',
         'p = config["preprocess"]', "",
-        f'image = ImageOps.exif_transpose(Image.open("{example}")).convert("RGB")', *square,
+        f'image = ImageOps.exif_transpose(Image.open("{example}")).convert("RGBA")',
+        "# transparency onto white, as training saw it",
+        'image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image).convert("RGB")', *square,
         'image = image.resize((p["resize"], p["resize"]), Image.Resampling[p["resample"].upper()])',
         'left = (p["resize"] - p["crop"]) // 2',
         'image = image.crop((left, left, left + p["crop"], left + p["crop"]))',
         "x = (np.asarray(image, np.float32) / 255 - np.float32(p[\"mean\"])) / np.float32(p[\"std\"])",
         'logits = session.run(None, {"input": x.transpose(2, 0, 1)[None]})[0][0]',
         "probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()",
-        'print(dict(zip(config["labels"], probs.round(4).tolist())))']
+        'print({label: round(float(p), 4) for label, p in zip(config["labels"], probs)})']
 
 
 def _join(labels: list[str]) -> str:

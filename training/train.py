@@ -88,7 +88,8 @@ def _write_model(learn, resolved: Config, evaluation, dataset: dict, seconds: fl
 def count_images(images: Path) -> dict[str, int]:
     """Images per label folder; raise StageError unless there are 2+ labels with 2+ images each."""
     if not images.is_dir():
-        raise StageError(f"no images folder at {images}; {DATA_HINT}")
+        raise StageError(f"no images folder at {images}: check --name or --data, or build it with "
+                         f"`python -m training data --data {images.parent}` and your labels (or --from-folder)")
     files = get_image_files(images)
     if not files:
         raise StageError(f"no images in {images}; {DATA_HINT}")
