@@ -31,6 +31,7 @@ def test_delete_relabel_and_undo_on_the_page(browser, tiny_model, tmp_path):
         cards = page.locator(".review-card")
         cards.first.wait_for(timeout=30_000)
         assert "No image has changed since the model was trained" in page.locator("#changed").inner_text()
+        assert f"open http://127.0.0.1:{app.port}" in app.log and "share=True" not in app.log
 
         first, second = [cards.nth(i).get_attribute("id").removeprefix("card-") + ".jpg" for i in (0, 1)]
         cards.first.get_by_role("button", name="Delete").click()

@@ -31,8 +31,10 @@ def serve(review: Review, port: int, count: int) -> None:
     page.queue(default_concurrency_limit=1)
     log.info("reviewing %s with %s: open http://127.0.0.1:%d (Ctrl-C stops)", review.data_dir, review.model_dir, port)
     try:
+        # quiet: the line above says where the page is; Gradio's banner would add a share=True hint, and a page
+        # that moves files in your data folder is not one to share.
         page.launch(server_name="127.0.0.1", server_port=port, css=CSS, footer_links=[], ssr_mode=False,
-                    allowed_paths=[str(review.data_dir.resolve())])  # the images the cards show
+                    allowed_paths=[str(review.data_dir.resolve())], quiet=True)  # the images the cards show
     except OSError as exc:
         raise StageError(f"can't serve the review page on port {port} ({exc}); pass another --port") from exc
 
