@@ -44,15 +44,17 @@ MAX_UPLOAD_BYTES = int(float(os.environ.get("MAX_UPLOAD_MB", "10")) * 1_000_000)
 
 def classify(image_path: str | None) -> dict[str, float]:
     """{label: probability} for one uploaded image."""
+    # print_exception=False: a visitor's bad upload is not a server fault, so no traceback in the log.
     if image_path is None:
-        raise gr.Error("Upload a photo (or take one with the webcam) first.")
+        raise gr.Error("Upload a photo (or take one with the webcam) first.", print_exception=False)
     try:
         return model.classify(image_path)
     except ImageRejected as exc:
-        raise gr.Error(visitor_message(exc)) from None
+        log.info("refused an upload: %s", exc.reason)
+        raise gr.Error(visitor_message(exc), print_exception=False) from None
     except Exception:
         log.exception("classification failed")  # details stay in the server log
-        raise gr.Error("Something went wrong on our side. Please try again.") from None
+        raise gr.Error("Something went wrong on our side. Please try again.", print_exception=False) from None
 
 
 error_rate = f"{loaded.error_rate:.1%}" if loaded.error_rate is not None else "not measured"

@@ -104,10 +104,12 @@ def test_a_request_without_a_file_field_gets_the_documented_error_body(live, req
 def test_bad_uploads_get_a_sentence_and_the_app_keeps_serving(client, live, tmp_path, image_server, example,
                                                                name, body, reason):
     path = _bad_file(tmp_path, image_server, name, body)
+    tracebacks = live.log.count("Traceback")
     with pytest.raises(AppError) as caught:
         client.predict(handle_file(str(path)), api_name="/predict")
     assert str(caught.value).strip('"') == MESSAGES[reason]
     assert "/tmp" not in str(caught.value) and "Traceback" not in str(caught.value)
+    assert live.log.count("Traceback") == tracebacks  # a visitor's bad file is not a server fault to log
 
     r = httpx.post(live.url + "/classify", files={"file": (name, path.read_bytes())}, timeout=30)
     assert 400 <= r.status_code < 500
