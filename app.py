@@ -30,7 +30,7 @@ import gradio as gr  # noqa: E402
 
 from serving.imaging import ImageRejected  # noqa: E402
 from serving.sgd_tab import build_sgd_tab  # noqa: E402
-from serving.web import UploadedImage, json_api, visitor_message  # noqa: E402
+from serving.web import MESSAGES, UploadedImage, json_api, visitor_message  # noqa: E402
 
 try:
     loaded = loading.result()
@@ -54,7 +54,7 @@ def classify(image_path: str | None) -> dict[str, float]:
         raise gr.Error(visitor_message(exc), print_exception=False) from None
     except Exception:
         log.exception("classification failed")  # details stay in the server log
-        raise gr.Error("Something went wrong on our side. Please try again.", print_exception=False) from None
+        raise gr.Error(MESSAGES["internal"], print_exception=False) from None
 
 
 error_rate = f"{loaded.error_rate:.1%}" if loaded.error_rate is not None else "not measured"

@@ -14,14 +14,14 @@ D = Config()  # defaults, shown by --help
 S = argparse.SUPPRESS  # flags without a default: absent from args, so Config's default applies
 
 
-def at_least(minimum: float, kind: type = int):
-    """An argparse type: a number of `kind` no smaller than `minimum`, else argparse's own error and usage."""
-    def parse(text: str):
-        value = kind(text)  # a ValueError becomes argparse's "invalid int value"
+def at_least(minimum: int):
+    """An argparse type: a whole number no smaller than `minimum`, else argparse's own error and usage."""
+    def parse(text: str) -> int:
+        value = int(text)  # a ValueError becomes argparse's "invalid int value"
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {text}")
         return value
-    parse.__name__ = kind.__name__
+    parse.__name__ = "int"  # the name argparse's "invalid ... value" message uses
     return parse
 
 

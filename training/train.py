@@ -23,11 +23,12 @@ import torch
 import torchvision.models
 from fastai.callback.core import Callback
 from fastai.callback.progress import CSVLogger
+from fastai.learner import AvgLoss
 from fastai.callback.schedule import valley
 from fastai.data.block import CategoryBlock, DataBlock
 from fastai.data.transforms import Normalize, RandomSplitter, get_image_files, parent_label
 from fastai.metrics import error_rate
-from fastai.torch_core import find_bs, set_seed
+from fastai.torch_core import set_seed
 from fastai.vision.augment import RandomResizedCrop, aug_transforms
 from fastai.vision.core import imagenet_stats
 from fastai.vision.data import ImageBlock
@@ -237,18 +238,17 @@ class EpochMeanLoss(Callback):
 
     def __init__(self):
         self.means: list[float] = []
+        self.loss = AvgLoss()  # fastai's own batch-size-weighted mean, the one its valid_loss column uses
 
     def before_epoch(self):
-        self.total, self.count = 0.0, 0
+        self.loss.reset()
 
     def after_batch(self):
-        if self.training:  # a tensor sum: no GPU sync per batch
-            size = find_bs(self.learn.yb)
-            self.total = self.total + self.learn.loss.detach().float().mean() * size
-            self.count += size
+        if self.training:
+            self.loss.accumulate(self.learn)
 
     def after_epoch(self):
-        self.means.append(float(self.total / self.count) if self.count else float("nan"))
+        self.means.append(float("nan") if self.loss.value is None else float(self.loss.value))
 
 
 def _tidy_history(path: Path, means: list[float]) -> None:
