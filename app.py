@@ -3,7 +3,6 @@ second tab, "How training works", that shows stochastic gradient descent fitting
 
     python app.py                                        # http://localhost:7860
     MODEL_REPO=you/bears MODEL_REVISION=<sha> python app.py
-    gradio app.py                                        # reload mode while editing (no /classify there)
 
 Serves with onnxruntime, numpy and Pillow: no torch, no fastai. The model comes from MODEL_REPO (at
 MODEL_REVISION), else MODEL_DIR, else models/bears; see serving/loader.py.
@@ -22,6 +21,8 @@ os.environ.setdefault("MPLBACKEND", "agg")
 os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "1000")
 os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "1000")
 
+# Set before the model loads, so that its lines (what was loaded, from where) are in the log too.
+logging.basicConfig(level=logging.INFO)
 # Load the model while Gradio imports: onnxruntime optimizes it (serving/model.py) and the Hub downloads it
 # outside the GIL, so on 2 cores the two overlap and the app is up ~0.15 s sooner.
 loading = ThreadPoolExecutor(max_workers=1, thread_name_prefix="load-model").submit(load_model)
@@ -30,7 +31,7 @@ import gradio as gr  # noqa: E402
 
 from serving.imaging import ImageRejected  # noqa: E402
 from serving.sgd_tab import build_sgd_tab  # noqa: E402
-from serving.web import MESSAGES, UploadedImage, json_api, visitor_message  # noqa: E402
+from serving.web import MESSAGES, BodyLimit, UploadedImage, json_api, visitor_message  # noqa: E402
 
 try:
     loaded = loading.result()
@@ -91,6 +92,8 @@ demo.delete_cache = (60, 600)  # every minute, delete uploads older than 10 minu
 app = gr.mount_gradio_app(
     json_api(model, max_bytes=MAX_UPLOAD_BYTES), demo, path="/", max_file_size=MAX_UPLOAD_BYTES, show_error=False,
 )
+# Every request body is capped as it arrives, not after: an upload, or an image sent inline as base64 (4/3 larger).
+app.add_middleware(BodyLimit, max_bytes=MAX_UPLOAD_BYTES * 4 // 3 + 64 * 1024)
 # Gradio refuses API calls that name files on the server instead of uploads only once `launch()` has set this;
 # mounted, it never is, and {"path": "/etc/hostname"} (or /dev/zero, read forever) would be taken as input.
 demo.has_launched = True
@@ -98,6 +101,5 @@ demo.has_launched = True
 if __name__ == "__main__":
     import uvicorn
 
-    logging.basicConfig(level=logging.INFO)
     uvicorn.run(app, host=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"),
                 port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")), timeout_keep_alive=5)

@@ -17,6 +17,7 @@ import logging
 import statistics
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +57,10 @@ def bench_arch(arch: str, images: dict[str, Path], runs: int) -> list[dict]:
     from serving.model import Classifier
 
     folder = model_folder(arch)
-    learn, clf = load_learner(folder / "export.pkl"), Classifier.from_folder(folder)
+    with warnings.catch_warnings():  # fastai's warning about pickles: this one is bench.common's own model
+        warnings.filterwarnings("ignore", message="load_learner` uses Python's insecure pickle")
+        learn = load_learner(folder / "export.pkl")
+    clf = Classifier.from_folder(folder)
     rows = []
     for name, path in images.items():
         x = clf.preprocess(path)[None]

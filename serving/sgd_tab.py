@@ -143,7 +143,7 @@ def _fit(n_points, noise, learning_rate, batch_size, epochs, seed=0) -> Run:
     try:
         return fit_line(n_points, noise, learning_rate, batch_size, epochs, seed)
     except ValueError as exc:
-        raise gr.Error(f"Can't train with these settings: {exc}.") from None
+        raise gr.Error(f"Can't train with these settings: {exc}.", print_exception=False) from None
 
 
 def _finite(value: float) -> float | None:

@@ -12,33 +12,40 @@ import logging
 
 import gradio as gr
 from gradio import processing_utils
+from gradio_client import utils as client_utils
 from fastapi import FastAPI, File, UploadFile
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException
 
 from serving.imaging import MAX_PIXELS, ImageRejected
 from serving.loader import Model
 
 log = logging.getLogger(__name__)
 
+HOW_TO_SEND = "Send the image as a multipart form field named `file`, e.g. `curl -F file=@photo.jpg URL/classify`."
 # What a visitor reads for each reason an upload is refused: what happened and what to do.
 MESSAGES = {
     "empty": "That file is empty. Please upload a photo.",
-    "not_image": "That file isn't a picture this demo can read. Please upload a JPEG, PNG, WebP or GIF photo.",
+    "not_image": "That file isn't a picture this demo can read. Please upload a JPEG, PNG, WebP, GIF, BMP or TIFF "
+                 "image.",
     "truncated": "That image is cut off (an incomplete upload or a damaged file). Please try another photo.",
     "corrupt": "That image file is damaged and can't be read. Please try another photo.",
     "too_many_pixels": f"That image has too many pixels (over {MAX_PIXELS // 1_000_000} megapixels). "
                        "Please upload a smaller photo.",
     "too_large": "That file is too big. Please upload a smaller photo.",
+    "url": "This demo doesn't fetch images from links. Download the image, then upload the file.",
     "busy": "The demo is busy right now. Please try again in a moment.",
     "internal": "Something went wrong on our side. Please try again.",
-    "no_file": "Send the image as a multipart form field named `file`, e.g. `curl -F file=@photo.jpg URL/classify`.",
+    "no_file": HOW_TO_SEND,
+    "method": "/classify takes a POST. " + HOW_TO_SEND,
 }
 STATUS = {"empty": 400, "not_image": 415, "truncated": 422, "corrupt": 422, "too_many_pixels": 413,
-          "too_large": 413, "busy": 503, "internal": 500, "no_file": 400}
-
+          "too_large": 413, "busy": 503, "internal": 500, "no_file": 400, "method": 405}
+HEADERS = {"busy": {"Retry-After": "1"}, "method": {"Allow": "POST"}}
 
 def visitor_message(exc: ImageRejected) -> str:
     """A sentence for the visitor about why their upload was refused."""
@@ -64,9 +71,18 @@ class UploadedImage(gr.Image):
         # would re-save it as lossy WebP.
         try:
             raw = base64.b64decode(payload.url.partition(",")[2], validate=True)
-        except binascii.Error as exc:
-            raise gr.Error(MESSAGES["not_image"]) from exc
+        except binascii.Error:
+            log.info("refused an upload: bad base64")
+            raise gr.Error(MESSAGES["not_image"], print_exception=False) from None
         return processing_utils.save_bytes_to_cache(raw, "inline.img", cache_dir=self.GRADIO_CACHE)
+
+    async def async_move_resource_to_block_cache(self, url_or_file_path):
+        # An API call may name a URL instead of sending the image. Gradio would fetch it whole, into memory,
+        # however large: a public demo should not download for strangers. Uploads and inline images only.
+        if client_utils.is_http_url_like(str(url_or_file_path or "")):
+            log.info("refused an upload: a URL")
+            raise gr.Error(MESSAGES["url"], print_exception=False)
+        return await super().async_move_resource_to_block_cache(url_or_file_path)
 
 
 class Prediction(BaseModel):
@@ -88,6 +104,16 @@ def json_api(model: Model, max_bytes: int, max_concurrent: int = 4) -> FastAPI:
     async def no_file(request, exc):  # FastAPI's own answer, {"detail": [...]}, is not the documented ErrorBody
         return _error("no_file")
 
+    @app.exception_handler(HTTPException)
+    async def unreadable_body(request, exc):  # a malformed multipart body: the same, {"detail": "..."}
+        if exc.status_code == 400 and request.url.path == "/classify":
+            return _error("no_file")
+        return await http_exception_handler(request, exc)
+
+    @app.api_route("/classify", methods=["GET", "HEAD", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+    async def classify_takes_post():  # else Gradio, mounted at /, answers these with a bare 404
+        return _error("method")
+
     @app.post("/classify", response_model=Prediction,
               responses={code: {"model": ErrorBody} for code in sorted(set(STATUS.values()))})
     async def classify(file: UploadFile = File(..., description="an image: JPEG, PNG, WebP, GIF, BMP or TIFF")):
@@ -102,6 +128,7 @@ def json_api(model: Model, max_bytes: int, max_concurrent: int = 4) -> FastAPI:
         try:
             probs = await run_in_threadpool(model.classify, data)
         except ImageRejected as exc:
+            log.info("refused an upload: %s", exc.reason)
             return _error(exc.reason if exc.reason in STATUS else "not_image")
         except Exception:
             log.exception("classification failed")  # the details stay in the server log
@@ -113,5 +140,49 @@ def json_api(model: Model, max_bytes: int, max_concurrent: int = 4) -> FastAPI:
     return app
 
 
+class BodyLimit:
+    """ASGI middleware: refuse a request body over `max_bytes` as it arrives, with the `too_large` ErrorBody.
+
+    Without it, Starlette writes a whole multipart upload to a temporary file before /classify can look at
+    its size (a 2 GB body took 12 s and 2 GB of disk to refuse), and Gradio's API takes an inline, base64
+    image of any size.
+    """
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            return await _error("too_large")(scope, receive, send)
+        seen, over, started = 0, False, False
+
+        async def counted():
+            nonlocal seen, over
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                over = True
+                raise ValueError(f"request body over {self.max_bytes} bytes")
+            return message
+
+        async def unless_over(message):  # whatever the app answers to the cut-off body is replaced below
+            nonlocal started
+            if not over:
+                started = True
+                await send(message)
+
+        try:
+            await self.app(scope, counted, unless_over)
+        except Exception:
+            if not over:
+                raise
+        if over and not started:
+            await _error("too_large")(scope, receive, send)
+
+
 def _error(reason: str) -> JSONResponse:
-    return JSONResponse({"error": MESSAGES[reason], "reason": reason}, status_code=STATUS[reason])
+    return JSONResponse({"error": MESSAGES[reason], "reason": reason}, status_code=STATUS[reason],
+                        headers=HEADERS.get(reason))

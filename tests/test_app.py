@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -100,6 +101,72 @@ def test_a_request_without_a_file_field_gets_the_documented_error_body(live, req
     assert r.json() == {"error": MESSAGES["no_file"], "reason": "no_file"}
 
 
+@pytest.mark.parametrize("method", ["GET", "HEAD", "PUT", "DELETE"])
+def test_other_methods_on_classify_are_told_to_post(live, method):
+    r = httpx.request(method, live.url + "/classify", timeout=30)
+    assert (r.status_code, r.headers["allow"]) == (405, "POST")
+    if method != "HEAD":
+        assert r.json() == {"error": MESSAGES["method"], "reason": "method"}
+
+
+@pytest.mark.parametrize("content_type", ["multipart/form-data", "multipart/form-data; boundary=xyz"])
+def test_a_malformed_multipart_body_gets_the_documented_error_body(live, example, content_type):
+    r = httpx.post(live.url + "/classify", content=example.read_bytes(), headers={"content-type": content_type},
+                   timeout=30)
+    assert (r.status_code, r.json()) == (400, {"error": MESSAGES["no_file"], "reason": "no_file"})
+
+
+def _answer_to_an_unfinished_upload(url: str, path: str, declared: int | None, sent: int, wait: float) -> str:
+    """Start a POST of a `sent`-byte file (or declare `declared` bytes and send none), never finish it, and
+    return what the server answers meanwhile: "" if nothing within `wait` seconds."""
+    host, port = httpx.URL(url).host, httpx.URL(url).port
+    with socket.create_connection((host, port), timeout=wait) as s:
+        head = f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: multipart/form-data; boundary=xyz\r\n"
+        s.sendall((head + (f"Content-Length: {declared}" if declared else "Transfer-Encoding: chunked")
+                   + "\r\n\r\n").encode())
+        if not declared:
+            part = b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n\r\n' + b"\0" * sent
+            s.sendall(b"%x\r\n%s\r\n" % (len(part), part))
+        answer = b""
+        try:
+            while chunk := s.recv(65536):
+                answer += chunk
+                s.settimeout(1)  # once it answers, the rest of the answer follows at once
+        except (socket.timeout, ConnectionResetError):
+            pass
+        return answer.decode(errors="replace")
+
+
+def test_a_body_over_the_cap_is_refused_as_it_arrives_not_after(live):
+    """MAX_UPLOAD_MB=1 here: refused from its Content-Length, or once ~1.4 MB of a chunked body has come,
+    while the client is still sending (before, /classify spooled a 2 GB body to disk before refusing it)."""
+    for path in ("/classify", "/gradio_api/upload"):  # the page's uploads: Gradio's own 1 MB check may come first
+        for declared, sent in ((2_000_000_000, 0), (None, 1_600_000)):
+            answer = _answer_to_an_unfinished_upload(live.url, path, declared, sent, wait=10)
+            assert answer.startswith("HTTP/1.1 413"), (path, declared, answer[:300])
+            if path == "/classify":
+                assert answer.endswith(json.dumps({"error": MESSAGES["too_large"], "reason": "too_large"},
+                                                  separators=(",", ":"))), answer
+    # Under the cap, the server waits for the rest of the body, as it would for any size without the cap.
+    assert _answer_to_an_unfinished_upload(live.url, "/classify", None, 500_000, wait=2) == ""
+
+
+def test_an_inline_image_over_the_cap_is_refused(live, example):
+    inline = "data:image/jpeg;base64," + base64.b64encode(example.read_bytes() + b"\0" * 1_100_000).decode()
+    r = httpx.post(f"{live.url}/gradio_api/call/predict", timeout=30,
+                   json={"data": [{"url": inline, "meta": {"_type": "gradio.FileData"}}]})
+    assert (r.status_code, r.json()) == (413, {"error": MESSAGES["too_large"], "reason": "too_large"})
+
+
+def test_urls_are_not_fetched(live, client, example):
+    """An API call naming a URL gets a sentence; the server downloads nothing (the address does not exist)."""
+    tracebacks = live.log.count("Traceback")
+    with pytest.raises(AppError, match="doesn't fetch images from links"):
+        client.predict(handle_file("http://images.invalid/bear.jpg"), api_name="/predict")
+    assert live.log.count("Traceback") == tracebacks
+    assert "refused an upload: a URL" in live.log
+
+
 @pytest.mark.parametrize("name,body,reason", BAD)
 def test_bad_uploads_get_a_sentence_and_the_app_keeps_serving(client, live, tmp_path, image_server, example,
                                                                name, body, reason):
@@ -145,8 +212,10 @@ def test_inline_images_through_gradios_http_api_are_classified_as_sent(live, tin
 @pytest.mark.parametrize("url", ["data:image/jpeg;base64," + base64.b64encode(b"not a picture").decode(),
                                  "data:image/jpeg;base64,%%%not-base64%%%"])
 def test_inline_junk_gets_a_sentence(live, url):
+    tracebacks = live.log.count("Traceback")
     stream = _call_predict(live.url, {"url": url, "meta": {"_type": "gradio.FileData"}})
     assert "event: error" in stream and json.dumps(MESSAGES["not_image"]) in stream, stream
+    assert live.log.count("Traceback") == tracebacks
 
 
 def test_files_on_the_server_are_not_taken_as_input(live, client, example, tiny_model):
