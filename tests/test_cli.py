@@ -54,6 +54,8 @@ def test_flags_fill_the_config_and_absent_ones_keep_its_defaults():
     (["data", "--deadline", "0"], "--deadline: must be above 0"),
     (["convert", "x.pkl", "--out", "m", "--size", "0"], "--size: must be at least 32"),
     (["train", "--epochs", "two"], "--epochs: invalid int value: 'two'"),
+    (["train", "--valid-pct", "1.5"], "--valid-pct: must be between 0 and 1, got 1.5"),
+    (["all", "--valid-pct", "0"], "--valid-pct: must be between 0 and 1, got 0"),
 ])
 def test_bad_values_are_refused_before_anything_runs(argv, words, capsys):
     with pytest.raises(SystemExit) as exit_:
@@ -70,3 +72,18 @@ def test_a_mistyped_flag_shows_the_stages_own_usage(capsys):
     assert exit_.value.code == 2
     assert "python -m training train: error: unrecognized arguments: --batchsize 8" in err
     assert "--batch-size" in err  # the usage lists the flag that was meant
+
+
+@pytest.mark.parametrize("argv", [["-v", "train"], ["train", "-v"], ["convert", "x.pkl", "--out", "m", "--verbose"]])
+def test_verbose_goes_before_or_after_the_stage(argv):
+    assert build_parser().parse_args(argv).verbose is True
+
+
+def test_not_verbose_unless_asked():
+    assert build_parser().parse_args(["train"]).verbose is False
+
+
+def test_the_dataset_folder_flag_is_not_filed_as_an_image_source(capsys):
+    text = help_text("data", capsys)
+    sources = text.split("where images come from", 1)[1].split("where the dataset goes", 1)[0]
+    assert "--data" not in sources and "folder to write the dataset to" in text

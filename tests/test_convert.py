@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import pickle
 import random
+import shutil
 import sys
 import types
 
@@ -114,10 +115,35 @@ def test_course_model_converts_once_the_function_is_defined(course_pkl, tmp_path
         np.testing.assert_allclose(list(clf.classify(path).values()), probs.numpy(), atol=1e-4)
 
 
-@pytest.mark.parametrize("content, words", [(None, "no export.pkl"), (b"not a pickle", "could not load")])
+@pytest.mark.parametrize("content, words", [(None, "no export.pkl"), (b"not a pickle", "not a whole fastai export.pkl")])
 def test_unloadable_files_are_stage_errors(tmp_path, content, words):
     pkl = tmp_path / "export.pkl"
     if content is not None:
         pkl.write_bytes(content)
     with pytest.raises(StageError, match=words):
         convert(pkl, tmp_path / "out")
+
+
+@pytest.mark.parametrize("kind", ["empty", "cut short", "state dict", "onnx"])
+def test_files_that_are_no_export_are_named_so_not_blamed_on_versions(tiny_model, tmp_path, kind):
+    pkl = tmp_path / "export.pkl"
+    whole = (tiny_model.folder / "export.pkl").read_bytes()
+    if kind == "state dict":
+        torch.save({"weight": torch.zeros(2)}, pkl)
+    else:
+        pkl.write_bytes({"empty": b"", "cut short": whole[:len(whole) // 2],
+                         "onnx": (tiny_model.folder / "model.onnx").read_bytes()}[kind])
+    with pytest.raises(StageError) as caught:
+        convert(pkl, tmp_path / "out")
+    message = str(caught.value)
+    assert "not a whole fastai export.pkl" in message and "learn.export()" in message
+    assert "Install the versions" not in message and ".." not in message
+
+
+def test_a_folder_train_made_is_not_converted_over(tiny_model, tmp_path):
+    folder = tmp_path / "trained"
+    shutil.copytree(tiny_model.folder, folder)
+    before = (folder / "config.json").read_text()
+    with pytest.raises(StageError, match="another folder with --out"):
+        convert(folder / "export.pkl", folder)
+    assert (folder / "config.json").read_text() == before

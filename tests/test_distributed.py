@@ -53,7 +53,7 @@ def test_two_processes_train_together_and_only_the_main_one_reports(launched):
     root, run = launched
     assert "data-parallel training: 2 processes over gloo" in run.stderr
     assert run.stderr.count("INFO training.train: trained resnet18") == 1
-    assert f"trained resnet18 for {EPOCHS} epochs" in run.stderr and "on 2 processes" in run.stderr
+    assert f"trained resnet18 for 1 head-only epoch and {EPOCHS} more" in run.stderr and "on 2 processes" in run.stderr
     config = json.loads((root / "model" / "config.json").read_text())
     assert config["training"]["processes"] == 2 and config["training"]["device"] == "cpu"
 

@@ -1,6 +1,8 @@
 """`python -m training all` (training/pipeline.py) as a real command: stages run, skip when up to date, serve."""
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 
@@ -9,6 +11,8 @@ import pytest
 
 from tests.live_app import ROOT, LiveApp
 from tests.tiny_model import make_images
+from training.config import Config
+from training.pipeline import _model_up_to_date
 
 FAST = ["--no-pretrained", "--epochs", "1", "--size", "64", "--batch-size", "16", "--lr", "3e-3",
         "--min-per-label", "5"]
@@ -30,6 +34,8 @@ def test_all_runs_each_stage_then_skips_what_is_up_to_date(photos, tmp_path):
     first = _all(*args)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "data: 36 of 36 images kept" in first.stderr and "trained resnet18" in first.stderr
+    assert f"to serve it: MODEL_DIR={tmp_path / 'model'} python app.py" in first.stderr
+    assert "img/s" not in first.stderr and "clean:" not in first.stderr  # no progress bars into a file
     onnx = tmp_path / "model" / "model.onnx"
     made = onnx.stat().st_mtime_ns
 
@@ -38,6 +44,11 @@ def test_all_runs_each_stage_then_skips_what_is_up_to_date(photos, tmp_path):
     assert "data: " in again.stderr and "is up to date" in again.stderr
     assert "train: " in again.stderr and "skipping" in again.stderr and "trained resnet18" not in again.stderr
     assert onnx.stat().st_mtime_ns == made
+
+    asked = Config(data=tmp_path / "data", out=tmp_path / "model", pretrained=False, epochs=1, size=64,
+                   batch_size=16, lr=3e-3)
+    assert _model_up_to_date(asked)
+    assert not _model_up_to_date(asked.replace(batch_size=8))  # another batch size trains another model
 
     changed = _all(*[a if a != "1" else "2" for a in args])  # --epochs 2: only training reruns
     assert changed.returncode == 0, changed.stderr[-3000:]
@@ -51,6 +62,9 @@ def test_all_serves_what_it_trained(photos, tmp_path):
         example = next(photos.glob("circle/*.jpg"))
         r = httpx.post(app.url + "/classify", files={"file": example.open("rb")}, timeout=30)
         assert r.status_code == 200 and set(r.json()["confidences"]) == {"circle", "square", "triangle"}
+        os.killpg(app.proc.pid, signal.SIGINT)  # Ctrl-C, the way the log says to stop serving
+        assert app.proc.wait(timeout=60) == 0, app.log[-3000:]
+        assert "stopped serving" in app.log and "ERROR" not in app.log
 
 
 def test_all_offline_stops_at_search_with_a_clear_message(tmp_path):

@@ -5,8 +5,11 @@ import csv
 import json
 import os
 import pickletools
+import shutil
+import signal
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -140,7 +143,33 @@ def test_cli_finds_the_learning_rate_when_none_is_given(tiny_model, tmp_path):
     lr = json.loads((out / "settings.json").read_text())["lr"]
     assert isinstance(lr, float) and 1e-7 < lr < 10  # the finder's range
     assert json.loads((out / "config.json").read_text())["training"]["lr"] == lr
-    assert "trained resnet18 for 1 epochs" in run.stderr
+    assert lr == float(f"{lr:.3g}")  # not the finder's float32 noise, 0.0010000000474974513
+    assert "trained resnet18 for 1 head-only epoch and 1 more" in run.stderr
+    # Into a file (not a terminal), fastai's per-epoch table is kept and its progress bars are not drawn.
+    assert "epoch     train_loss  valid_loss  error_rate" in run.stdout
+    assert "Epoch 1/" not in run.stdout and "█" not in run.stdout and "|--" not in run.stdout
+
+
+def test_an_interrupted_run_leaves_the_previous_model_as_it_was(tiny_model, tmp_path):
+    """Ctrl-C in the middle of training: the model folder (and its report) stay the last complete run's."""
+    out = tmp_path / "model"
+    shutil.copytree(tiny_model.folder, out)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    cmd = [sys.executable, "-m", "training", "train", "--data", str(tiny_model.data), "--out", str(out),
+           "--no-pretrained", "--epochs", "50", "--size", "64", "--batch-size", "8", "--lr", "1e-3"]
+    run = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    history = tmp_path / ".model.partial" / "report" / "history.csv"
+    deadline = time.monotonic() + 240
+    while not history.exists() and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert history.exists(), "training never started"
+    time.sleep(1)  # into the first epoch
+    run.send_signal(signal.SIGINT)
+    _, stderr = run.communicate(timeout=120)
+    assert run.returncode == 130, stderr[-3000:]
+    assert "the model folder is as it was before this run" in stderr and "Traceback" not in stderr
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert not history.parent.parent.exists()  # the unfinished run's files are gone
 
 
 def test_cli_reports_a_missing_dataset_and_exits_2(tmp_path):

@@ -52,7 +52,7 @@ def clean_images(sources: list[Source], data_dir: Path, cfg: Config, review: Rev
     """
     rows: list[Row | None] = [None] * len(sources)
     decoded: list[_Decoded] = []
-    for i, src in enumerate(tqdm(sources, desc="clean", unit="img", leave=False)):
+    for i, src in enumerate(tqdm(sources, desc="clean", unit="img", leave=False, disable=None)):
         try:
             decoded.append(_decode(i, src, cfg))
         except ImageRejected as exc:

@@ -25,6 +25,14 @@ def at_least(minimum: int):
     return parse
 
 
+def fraction(text: str) -> float:
+    """An argparse type: a float strictly between 0 and 1."""
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
 def positive(text: str) -> float:
     """An argparse type: a float above 0."""
     value = float(text)
@@ -58,7 +66,8 @@ def _data_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--urls", type=Path, default=S, help="CSV with header label,url; or a text file, one URL a line, for one label")
     g.add_argument("--from-folder", type=Path, default=S, help="a folder with one subfolder of images per label")
     g.add_argument("--archive", default=S, help="a .zip/.tgz of label folders, as a path or URL")
-    g.add_argument("--data", type=Path, default=S, help="dataset folder (default: data/<name>)")
+    g = p.add_argument_group("where the dataset goes")
+    g.add_argument("--data", type=Path, default=S, help="folder to write the dataset to (default: data/<name>)")
     g = p.add_argument_group("download and clean")
     g.add_argument("--workers", type=at_least(1), default=D.workers, help="concurrent downloads")
     g.add_argument("--deadline", type=positive, default=D.deadline, help="seconds allowed for one whole file")
@@ -79,12 +88,13 @@ def _train_flags(p: argparse.ArgumentParser, *, with_name: bool) -> None:
     g.add_argument("--arch", default=D.arch, help="resnet18/34/50, or any timm model name")
     g.add_argument("--no-pretrained", dest="pretrained", action="store_false", default=S,
                    help="start from random weights (offline runs and tests; much less accurate)")
-    g.add_argument("--epochs", type=at_least(1), default=D.epochs, help="fine-tuning epochs")
+    g.add_argument("--epochs", type=at_least(1), default=D.epochs, help="epochs with the whole model unfrozen, after fastai's one "
+                                                                                  "head-only epoch")
     g.add_argument("--size", type=at_least(MIN_SIZE), default=D.size, help="input size in pixels")
     g.add_argument("--batch-size", type=at_least(1), default=D.batch_size, help="images per batch")
     g.add_argument("--lr", type=positive, default=S, help="learning rate (default: the learning-rate finder's suggestion)")
     g.add_argument("--seed", type=int, default=D.seed, help="seed for the validation split and training")
-    g.add_argument("--valid-pct", type=float, default=D.valid_pct, help="share of images held out for validation")
+    g.add_argument("--valid-pct", type=fraction, default=D.valid_pct, help="share of images held out for validation")
 
 
 def _hub_flags(p: argparse.ArgumentParser, *, in_all: bool, what: str = "repo") -> None:
@@ -136,7 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     _data_flags(p)
     _train_flags(p, with_name=False)
     _hub_flags(p, in_all=True)
-    p.add_argument("--no-serve", dest="serve", action="store_false", help="stop after training (and publishing)")
+    p.add_argument("--no-serve", dest="serve", action="store_false",
+                   help="stop after training (and publishing and deploying, when asked)")
 
     p = sub.add_parser("publish", formatter_class=fmt, help="push a model folder and its model card to a Hub model repo",
                        description="Upload model.onnx, config.json, export.pkl, the report, examples/ and a model card "
@@ -180,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("export_pkl", type=Path, help="path to export.pkl")
     p.add_argument("--out", type=Path, required=True, help="model folder to write")
     p.add_argument("--size", type=at_least(MIN_SIZE), default=None, help="input size (default: read from the learner's transforms)")
+    for stage in parser.stages.values():  # -v after the stage name too; absent unless given, so either place works
+        stage.add_argument("-v", "--verbose", action="store_true", default=S, help="debug logging")
     return parser
 
 
@@ -210,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     if not args.verbose:
         logging.getLogger("httpx2").setLevel(logging.WARNING)  # huggingface_hub's client: one line per request
+        logging.getLogger("ddgs").setLevel(logging.WARNING)  # an INFO line per search engine that failed
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per downloaded URL drowns the summary
     try:
         return _run(args)
@@ -217,8 +231,17 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         return 2
     except KeyboardInterrupt:
-        log.error("interrupted; finished work is kept, rerun the same command to continue")
+        print(flush=True)  # off the line a progress bar was drawing
+        log.error("interrupted: %s", INTERRUPTED.get(args.stage, "rerun the same command"))
         return 130
+
+
+# What an interrupted stage leaves behind, and what to do next.
+INTERRUPTED = {
+    "data": "downloads that finished are kept; rerun the same command to fetch the rest",
+    "train": "the model folder is as it was before this run; rerun the same command to train again",
+    "all": "stages that finished are kept; rerun the same command to go on from there",
+}
 
 
 def _run(args: argparse.Namespace) -> int:

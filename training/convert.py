@@ -7,6 +7,7 @@ does. There is no data here, so config.json's metrics are empty and its dataset,
 """
 from __future__ import annotations
 
+import json
 import logging
 import pickle
 import re
@@ -28,6 +29,7 @@ LOAD_ERRORS = (AttributeError, ImportError, NameError, RuntimeError, TypeError, 
 def convert(export_pkl: Path, out: Path, size: int | None = None) -> Path:
     """Load export.pkl and write model.onnx, config.json and a copy of export.pkl into `out`."""
     export_pkl = Path(export_pkl)
+    _refuse_trained_folder(out)
     learn = load_export(export_pkl)
     out.mkdir(parents=True, exist_ok=True)
     if export_pkl.resolve() != (out / "export.pkl").resolve():
@@ -37,6 +39,18 @@ def convert(export_pkl: Path, out: Path, size: int | None = None) -> Path:
     config = write_folder(learn, out, info, size=size)
     log.info("converted %s: %d labels at %dpx; wrote %s", export_pkl, len(config["labels"]), config["input_size"], out)
     return out
+
+
+def _refuse_trained_folder(out: Path) -> None:
+    """A folder `train` wrote has metrics, a dataset summary and a report; convert's config.json has none of them."""
+    try:
+        made_by = json.loads((out / "config.json").read_text()).get("made_by")
+    except (OSError, ValueError, AttributeError):
+        return
+    if made_by == "train":
+        raise StageError(f"{out} holds a model `python -m training train` made; converting into it would replace its "
+                         "config.json with one without its metrics and dataset. Choose another folder with --out, "
+                         "or train again to refresh it")
 
 
 def load_export(path: Path):
@@ -52,9 +66,12 @@ def load_export(path: Path):
 def load_error_message(path: Path, exc: BaseException) -> str:
     """Say which versions failed to load `path`, what went wrong, and how to fix it."""
     exc = _root_cause(exc)
+    error = f"{type(exc).__name__}: {str(exc).rstrip('.')}"
+    if _not_an_export(exc):
+        return (f"{path} is not a whole fastai export.pkl ({error}): it is empty, cut short, or another kind of file, "
+                "such as weights from torch.save or learn.save, or a model.onnx. Pass the file `learn.export()` wrote")
     v = library_versions()
-    head = (f"could not load {path} with fastai {v['fastai']}, fastcore {v['fastcore']}, torch {v['torch']}: "
-            f"{type(exc).__name__}: {exc}. ")
+    head = f"could not load {path} with fastai {v['fastai']}, fastcore {v['fastcore']}, torch {v['torch']}: {error}. "
     missing = re.search(r"Can't get attribute '([\w.]+)' on <module '[\w.]*__main__'", str(exc))
     if missing:
         name = missing.group(1)
@@ -67,6 +84,16 @@ def load_error_message(path: Path, exc: BaseException) -> str:
                    "print(fastai.__version__, fastcore.__version__, torch.__version__)`), e.g. "
                    "`pip install fastai==X fastcore==Y torch==Z`, then run convert again; or, if a function from the "
                    "notebook is missing, define it before loading.")
+
+
+def _not_an_export(exc: BaseException) -> bool:
+    """Errors that say the file is no export.pkl at all, whichever library versions read it."""
+    text = str(exc)
+    if isinstance(exc, pickle.UnpicklingError):
+        return "Weights only load failed" not in text  # that one is torch's weights_only default, not the file
+    return (isinstance(exc, EOFError)
+            or isinstance(exc, RuntimeError) and ("zip archive" in text or "magic number" in text)
+            or isinstance(exc, AttributeError) and "has no attribute 'dls'" in text)  # loaded, but not a Learner
 
 
 def _root_cause(exc: BaseException) -> BaseException:

@@ -120,7 +120,8 @@ class _Run:
         self.bytes = 0
         self._addresses: dict[str, list[IPAddress]] = {}
         self._log = _Log(log_path)
-        self._bar = tqdm(total=total, unit="img", desc="download", leave=False, disable=total == 0)
+        # disable=None: drawn on a terminal only, not into a log file
+        self._bar = tqdm(total=total, unit="img", desc="download", leave=False, disable=None if total else True)
 
     async def download(self, todo: list[tuple[str, str]]) -> dict[tuple[str, str], Fetched]:
         """Fetch every pair concurrently, at most cfg.workers at a time."""

@@ -64,8 +64,7 @@ def evaluate(learn, report_dir: Path) -> Evaluation:
     ev.metrics["epochs"] = read_history(report_dir / "history.csv")
     ev.metrics["top_losses"] = top_losses(ev, TOP_LOSSES)
     write_report(ev.metrics, report_dir, data_root(items))
-    log.info("evaluated %d validation images: error rate %.1f%%; report in %s",
-             len(items), 100 * ev.metrics["error_rate"], report_dir)
+    log.info("evaluated %d validation images: error rate %.1f%%", len(items), 100 * ev.metrics["error_rate"])
     return ev
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]  # where app.py lives
 # The settings that change what each stage makes; the others (timeouts, workers) only change how fast.
 DATA_KEYS = ("name", "labels", "query", "max_images", "urls", "from_folder", "archive", "data", "allow_private_urls",
              "max_bytes", "min_side", "max_side", "max_pixels", "near_duplicate_distance", "min_per_label")
-TRAIN_KEYS = ("arch", "pretrained", "epochs", "size", "seed", "valid_pct", "min_scale")
+TRAIN_KEYS = ("arch", "pretrained", "epochs", "size", "batch_size", "seed", "valid_pct", "min_scale")
 
 
 def run_all(cfg: Config, serve: bool = True) -> Path:
@@ -45,6 +46,8 @@ def run_all(cfg: Config, serve: bool = True) -> Path:
         _publish_and_deploy(cfg, api)
     if serve:
         _serve(cfg.model_dir)
+    else:
+        log.info("to serve it: MODEL_DIR=%s python app.py", cfg.model_dir)
     return cfg.model_dir
 
 
@@ -105,4 +108,17 @@ def _serve(model_dir: Path) -> None:
     env.pop("MODEL_REPO", None)  # serve what was just trained, not a Hub repo from the shell
     log.info("serving %s with app.py on http://localhost:%s (Ctrl-C stops)", model_dir,
              env.get("GRADIO_SERVER_PORT", "7860"))
-    subprocess.run([sys.executable, str(ROOT / "app.py")], cwd=ROOT, env=env, check=False)
+    app = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=ROOT, env=env)
+    try:
+        app.wait()
+    except KeyboardInterrupt:  # the way to stop it, as the line above says: not a failure
+        try:
+            app.wait(timeout=1)  # a terminal's Ctrl-C reached app.py too, and it is shutting down
+        except subprocess.TimeoutExpired:
+            app.send_signal(signal.SIGINT)  # `kill -INT` on this process alone
+            try:
+                app.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                app.kill()
+                app.wait()
+        log.info("stopped serving %s", model_dir)

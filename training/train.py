@@ -13,12 +13,15 @@ import csv
 import json
 import logging
 import os
+import shutil
+import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 from urllib.error import URLError
 
+import fastprogress.fastprogress as fastprogress
 import torch
 import torchvision.models
 from fastai.callback.core import Callback
@@ -49,41 +52,77 @@ DATA_HINT = "run `python -m training data` first"
 
 
 def train(cfg: Config) -> Path:
-    """Fine-tune, evaluate and export; return the model folder."""
+    """Fine-tune, evaluate and export; return the model folder.
+
+    Everything is written to a hidden sibling folder first and moved into the model folder at the end, so a
+    run that fails or is interrupted leaves the previous model, and its report, as they were.
+    """
     images = cfg.data_dir / "images"
     counts = count_images(images)
+    _bars_only_on_a_terminal()
     device = distributed.join()  # None in a single process
     set_seed(cfg.seed, reproducible=True)
     dls = build_dataloaders(cfg, images, device)
     learn = build_learner(dls, cfg)
-    report = cfg.model_dir / "report"
+    staging = cfg.model_dir.parent / f".{cfg.model_dir.name}.partial"
+    report = staging / "report"
     if distributed.is_main():
-        report.mkdir(parents=True, exist_ok=True)
-        (report / "lr_find.png").unlink(missing_ok=True)  # a rerun with --lr must not keep an old run's plot
-    # With several processes the main one runs the finder by itself and tells the others its suggestion.
-    lr = cfg.lr if cfg.lr is not None else distributed.on_main(lambda: find_lr(learn, report / "lr_find.png"))
-    seconds = _fit(learn, cfg.epochs, lr, report / "history.csv")
-    if not distributed.is_main():
-        return cfg.model_dir  # the main process evaluates and writes the one model folder
-    processes = distributed.world_size()
-    with distributed.alone():  # the main process evaluates the whole validation split by itself
-        evaluation = evaluate(learn, report)
-    resolved = cfg.replace(data=cfg.data_dir, out=cfg.model_dir, lr=lr, batch_size=dls.bs)
-    return _write_model(learn, resolved, evaluation, _dataset_summary(cfg.data_dir, counts, dls), seconds, processes)
-
-
-def _write_model(learn, resolved: Config, evaluation, dataset: dict, seconds: float, processes: int) -> Path:
-    """Write settings.json and the model folder; log the run's one-line summary."""
-    out = resolved.model_dir
-    learn.to_fp32()  # export.pkl and model.onnx are float32 whatever trained them
-    resolved.write(out / "settings.json")
-    info = _config_info(resolved, evaluation.metrics, dataset, seconds, processes)
-    export(learn, out, info=info, examples=evaluation.examples(EXAMPLES_PER_LABEL))
-    log.info("trained %s for %d epochs in %.0f s at lr %.2g%s: error rate %.1f%% on %d validation images; wrote %s",
-             resolved.arch, resolved.epochs, seconds, resolved.lr,
+        shutil.rmtree(staging, ignore_errors=True)  # left by a run that was killed
+        report.mkdir(parents=True)
+    try:
+        # With several processes the main one runs the finder by itself and tells the others its suggestion.
+        lr = cfg.lr if cfg.lr is not None else distributed.on_main(lambda: find_lr(learn, report / "lr_find.png"))
+        seconds = _fit(learn, cfg.epochs, lr, report / "history.csv")
+        if not distributed.is_main():
+            return cfg.model_dir  # the main process evaluates and writes the one model folder
+        processes = distributed.world_size()
+        with distributed.alone():  # the main process evaluates the whole validation split by itself
+            evaluation = evaluate(learn, report)
+        resolved = cfg.replace(data=cfg.data_dir, out=cfg.model_dir, lr=lr)
+        dataset = _dataset_summary(cfg.data_dir, counts, dls)
+        _write_model(learn, staging, resolved, evaluation, dataset, seconds, processes)
+        _move_into(staging, cfg.model_dir)
+    finally:
+        if distributed.is_main():
+            shutil.rmtree(staging, ignore_errors=True)
+    log.info("trained %s for 1 head-only epoch and %d more in %.0f s at lr %.2g%s: error rate %.1f%% on %d "
+             "validation images; wrote %s (report: %s)", resolved.arch, resolved.epochs, seconds, resolved.lr,
              f" on {processes} processes" if processes > 1 else "",
-             100 * evaluation.metrics["error_rate"], dataset["valid_images"], out)
-    return out
+             100 * evaluation.metrics["error_rate"], dataset["valid_images"], cfg.model_dir,
+             cfg.model_dir / "report" / "report.md")
+    return cfg.model_dir
+
+
+def _bars_only_on_a_terminal() -> None:
+    """Into a log file, only fastai's per-epoch table: fastprogress means to draw its bars on a terminal only,
+    but its check never calls isatty(), so a log got thousands of \r-separated bar fragments (lr_find alone draws
+    a hundred bars)."""
+    if not sys.stdout.isatty():
+        fastprogress.NO_BAR = True
+        fastprogress.ConsoleProgressBar.fill = ""  # each bar still prints its fill once as it starts
+
+
+def _write_model(learn, folder: Path, resolved: Config, evaluation, dataset: dict, seconds: float,
+                 processes: int) -> None:
+    """Write the model folder's files into `folder`, settings.json last."""
+    learn.to_fp32()  # export.pkl and model.onnx are float32 whatever trained them
+    # settings.json keeps the batch size asked for, config.json the one used (smaller on a small dataset).
+    info = _config_info(resolved.replace(batch_size=learn.dls.bs), evaluation.metrics, dataset, seconds, processes)
+    export(learn, folder, info=info, examples=evaluation.examples(EXAMPLES_PER_LABEL))
+    resolved.write(folder / "settings.json")
+
+
+def _move_into(staging: Path, out: Path) -> None:
+    """Move what `staging` holds into `out`, replacing the earlier run's files; other files in `out` stay.
+
+    settings.json goes last: `python -m training all` takes a model folder whose settings match as up to date.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "settings.json").unlink(missing_ok=True)
+    for entry in sorted(staging.iterdir(), key=lambda e: e.name == "settings.json"):
+        if (out / entry.name).is_dir():
+            shutil.rmtree(out / entry.name)
+        os.replace(entry, out / entry.name)
 
 
 def count_images(images: Path) -> dict[str, int]:
@@ -190,11 +229,12 @@ def find_lr(learn, plot: Path) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         learn.model_dir = Path(tmp)  # lr_find checkpoints the weights there; keep that out of the model folder
         try:
-            lr = float(learn.lr_find(suggest_funcs=(valley,), show_plot=False).valley)
+            # 3 significant digits: the suggestion is a float32 (0.0010000000474974513), and no more precise than that.
+            lr = float(f"{learn.lr_find(suggest_funcs=(valley,), show_plot=False).valley:.3g}")
         finally:
             learn.model_dir = saved
     _plot_lr_find(learn.recorder.lrs, learn.recorder.losses, lr, plot)
-    log.info("learning-rate finder suggests %.2g (plot: %s)", lr, plot)
+    log.info("learning-rate finder suggests %.2g (plot: report/%s)", lr, plot.name)
     return lr
 
 
