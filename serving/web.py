@@ -20,6 +20,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 
 from serving.imaging import MAX_PIXELS, ImageRejected
 from serving.loader import Model
@@ -46,6 +47,7 @@ MESSAGES = {
 STATUS = {"empty": 400, "not_image": 415, "truncated": 422, "corrupt": 422, "too_many_pixels": 413,
           "too_large": 413, "busy": 503, "internal": 500, "no_file": 400, "method": 405}
 HEADERS = {"busy": {"Retry-After": "1"}, "method": {"Allow": "POST"}}
+
 
 def visitor_message(exc: ImageRejected) -> str:
     """A sentence for the visitor about why their upload was refused."""
@@ -106,7 +108,7 @@ def json_api(model: Model, max_bytes: int, max_concurrent: int = 4) -> FastAPI:
 
     @app.exception_handler(HTTPException)
     async def unreadable_body(request, exc):  # a malformed multipart body: the same, {"detail": "..."}
-        if exc.status_code == 400 and request.url.path == "/classify":
+        if exc.status_code == 400 and getattr(request.scope.get("route"), "path", None) == "/classify":
             return _error("no_file")
         return await http_exception_handler(request, exc)
 
@@ -165,7 +167,8 @@ class BodyLimit:
             seen += len(message.get("body", b""))
             if seen > self.max_bytes:
                 over = True
-                raise ValueError(f"request body over {self.max_bytes} bytes")
+                # The multipart parsers' own error: Gradio's deletes the upload files it had begun on this one.
+                raise MultiPartException(f"request body over {self.max_bytes} bytes")
             return message
 
         async def unless_over(message):  # whatever the app answers to the cut-off body is replaced below

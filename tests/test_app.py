@@ -151,6 +151,26 @@ def test_a_body_over_the_cap_is_refused_as_it_arrives_not_after(live):
     assert _answer_to_an_unfinished_upload(live.url, "/classify", None, 500_000, wait=2) == ""
 
 
+def test_an_upload_cut_off_at_the_cap_leaves_no_files_behind(tiny_model, tmp_path):
+    """Three files, each under Gradio's own 1 MB limit but over the cap together, sent without a length: cut off
+    midway, and the files Gradio had begun to write are deleted (nothing else would ever delete them)."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+
+    def body():
+        for n in range(3):
+            yield (f'--xyz\r\nContent-Disposition: form-data; name="files"; filename="{n}.jpg"\r\n'
+                   "Content-Type: image/jpeg\r\n\r\n").encode() + b"\0" * 600_000 + b"\r\n"
+        yield b"--xyz--\r\n"
+
+    with LiveApp({"MODEL_DIR": str(tiny_model.folder), "MAX_UPLOAD_MB": "1", "TMPDIR": str(scratch)}) as app:
+        before = {p for p in scratch.rglob("*") if p.is_file()}
+        r = httpx.post(app.url + "/gradio_api/upload", content=body(), timeout=30,
+                       headers={"content-type": "multipart/form-data; boundary=xyz"})
+        assert (r.status_code, r.json()["reason"]) == (413, "too_large")
+        assert {p for p in scratch.rglob("*") if p.is_file()} == before
+
+
 def test_an_inline_image_over_the_cap_is_refused(live, example):
     inline = "data:image/jpeg;base64," + base64.b64encode(example.read_bytes() + b"\0" * 1_100_000).decode()
     r = httpx.post(f"{live.url}/gradio_api/call/predict", timeout=30,

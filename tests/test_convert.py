@@ -140,10 +140,17 @@ def test_files_that_are_no_export_are_named_so_not_blamed_on_versions(tiny_model
     assert "Install the versions" not in message and ".." not in message
 
 
-def test_a_folder_train_made_is_not_converted_over(tiny_model, tmp_path):
+def test_a_folder_train_made_keeps_its_metrics_and_takes_no_other_model(tiny_model, converted, tmp_path):
     folder = tmp_path / "trained"
     shutil.copytree(tiny_model.folder, folder)
-    before = (folder / "config.json").read_text()
-    with pytest.raises(StageError, match="another folder with --out"):
-        convert(folder / "export.pkl", folder)
-    assert (folder / "config.json").read_text() == before
+    before = json.loads((folder / "config.json").read_text())
+    with pytest.raises(StageError, match="choose another folder with --out"):
+        convert(converted / "export.pkl", folder)  # another model's export.pkl (the same weights, but a copy)
+    assert json.loads((folder / "config.json").read_text()) == before
+
+    (folder / "model.onnx").unlink()  # what the app's "no model.onnx" hint then has one run: convert it in place
+    convert(folder / "export.pkl", folder)
+    after = json.loads((folder / "config.json").read_text())
+    for key in ("metrics", "dataset", "training", "seed", "arch", "made_by"):
+        assert after[key] == before[key], key
+    assert (folder / "model.onnx").is_file()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 
@@ -11,8 +12,6 @@ import pytest
 
 from tests.live_app import ROOT, LiveApp
 from tests.tiny_model import make_images
-from training.config import Config
-from training.pipeline import _model_up_to_date
 
 FAST = ["--no-pretrained", "--epochs", "1", "--size", "64", "--batch-size", "16", "--lr", "3e-3",
         "--min-per-label", "5"]
@@ -45,12 +44,15 @@ def test_all_runs_each_stage_then_skips_what_is_up_to_date(photos, tmp_path):
     assert "train: " in again.stderr and "skipping" in again.stderr and "trained resnet18" not in again.stderr
     assert onnx.stat().st_mtime_ns == made
 
-    asked = Config(data=tmp_path / "data", out=tmp_path / "model", pretrained=False, epochs=1, size=64,
-                   batch_size=16, lr=3e-3)
-    assert _model_up_to_date(asked)
-    assert not _model_up_to_date(asked.replace(batch_size=8))  # another batch size trains another model
+    with socket.socket() as taken:  # app.py cannot listen there: `all` must not report success
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        served = _all(*[a for a in args if a != "--no-serve"],
+                      env={**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": port})
+    assert served.returncode == 2 and "app.py stopped with exit code" in served.stderr, served.stderr[-3000:]
 
-    changed = _all(*[a if a != "1" else "2" for a in args])  # --epochs 2: only training reruns
+    changed = _all(*[a if a != "16" else "8" for a in args])  # --batch-size 8: another model, only training reruns
     assert changed.returncode == 0, changed.stderr[-3000:]
     assert "data: " in changed.stderr and "up to date" in changed.stderr and "trained resnet18" in changed.stderr
 

@@ -114,6 +114,12 @@ def _one_image_label(root: Path) -> Path:
     return root
 
 
+def test_an_out_that_is_a_file_is_refused_before_training(tiny_model, tmp_path):
+    (tmp_path / "model").write_text("not a folder")
+    with pytest.raises(StageError, match="is a file; give a folder"):
+        train(tiny_config(tiny_model.data, tmp_path / "model"))
+
+
 @pytest.mark.parametrize("make, changes, words", [
     (lambda root: root, {}, ["no images folder", "python -m training data"]),
     (lambda root: (root / "images").mkdir(parents=True) or root, {}, ["no images in", "python -m training data"]),
@@ -158,7 +164,7 @@ def test_an_interrupted_run_leaves_the_previous_model_as_it_was(tiny_model, tmp_
     cmd = [sys.executable, "-m", "training", "train", "--data", str(tiny_model.data), "--out", str(out),
            "--no-pretrained", "--epochs", "50", "--size", "64", "--batch-size", "8", "--lr", "1e-3"]
     run = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
-    history = tmp_path / ".model.partial" / "report" / "history.csv"
+    history = out / ".partial" / "report" / "history.csv"  # where train writes until it is done
     deadline = time.monotonic() + 240
     while not history.exists() and run.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from pathlib import Path
 
 from training.config import DEFAULT_LABELS, Config
@@ -212,6 +213,14 @@ def _dry_run_out(args: argparse.Namespace) -> Path | None:
     return args.dry_run_out
 
 
+# What an interrupted stage leaves behind, and what to do next.
+INTERRUPTED = {
+    "data": "downloads that finished are kept; rerun the same command to fetch the rest",
+    "train": "the model folder is as it was before this run; rerun the same command to train again",
+    "all": "stages that finished are kept; rerun the same command to go on from there",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
@@ -231,17 +240,10 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         return 2
     except KeyboardInterrupt:
-        print(flush=True)  # off the line a progress bar was drawing
+        if sys.stdout.isatty():
+            print(flush=True)  # off the line a progress bar was drawing
         log.error("interrupted: %s", INTERRUPTED.get(args.stage, "rerun the same command"))
         return 130
-
-
-# What an interrupted stage leaves behind, and what to do next.
-INTERRUPTED = {
-    "data": "downloads that finished are kept; rerun the same command to fetch the rest",
-    "train": "the model folder is as it was before this run; rerun the same command to train again",
-    "all": "stages that finished are kept; rerun the same command to go on from there",
-}
 
 
 def _run(args: argparse.Namespace) -> int:

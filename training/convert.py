@@ -29,28 +29,32 @@ LOAD_ERRORS = (AttributeError, ImportError, NameError, RuntimeError, TypeError, 
 def convert(export_pkl: Path, out: Path, size: int | None = None) -> Path:
     """Load export.pkl and write model.onnx, config.json and a copy of export.pkl into `out`."""
     export_pkl = Path(export_pkl)
-    _refuse_trained_folder(out)
+    trained = _trained_info(out, export_pkl)
     learn = load_export(export_pkl)
     out.mkdir(parents=True, exist_ok=True)
     if export_pkl.resolve() != (out / "export.pkl").resolve():
         shutil.copyfile(export_pkl, out / "export.pkl")
-    info = {"arch": "unknown", "pretrained": None, "metrics": {}, "dataset": None, "seed": None,
-            "made_by": "convert", "converted_from": export_pkl.name, "training": None}
+    info = trained or {"arch": "unknown", "pretrained": None, "metrics": {}, "dataset": None, "seed": None,
+                       "made_by": "convert", "converted_from": export_pkl.name, "training": None}
     config = write_folder(learn, out, info, size=size)
     log.info("converted %s: %d labels at %dpx; wrote %s", export_pkl, len(config["labels"]), config["input_size"], out)
     return out
 
 
-def _refuse_trained_folder(out: Path) -> None:
-    """A folder `train` wrote has metrics, a dataset summary and a report; convert's config.json has none of them."""
+def _trained_info(out: Path, export_pkl: Path) -> dict | None:
+    """config.json's training fields when `out` is a folder `train` made and `export_pkl` is its own, so that
+    converting it again (after a library upgrade, say) keeps its metrics and dataset; None for any other folder.
+    Another export.pkl into such a folder is refused: its config.json would describe a model it no longer holds."""
     try:
-        made_by = json.loads((out / "config.json").read_text()).get("made_by")
-    except (OSError, ValueError, AttributeError):
-        return
-    if made_by == "train":
-        raise StageError(f"{out} holds a model `python -m training train` made; converting into it would replace its "
-                         "config.json with one without its metrics and dataset. Choose another folder with --out, "
-                         "or train again to refresh it")
+        config = json.loads((out / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict) or config.get("made_by") != "train":
+        return None
+    if export_pkl.resolve() != (out / "export.pkl").resolve():
+        raise StageError(f"{out} holds a model `python -m training train` made, with its metrics and report; "
+                         f"choose another folder with --out for {export_pkl}")
+    return {k: config.get(k) for k in ("arch", "pretrained", "metrics", "dataset", "seed", "made_by", "training")}
 
 
 def load_export(path: Path):

@@ -155,8 +155,9 @@ def _check_folder(model: torch.nn.Module, out: Path) -> None:
     except ModelFolderError as exc:
         raise StageError(f"the model folder just written does not load: {exc}") from exc
     except Exception as exc:  # onnxruntime's own errors have no common type
-        raise StageError(f"the model.onnx just written does not load in onnxruntime ({exc}); torch "
-                         f"{torch.__version__} may have exported it wrongly, try another torch version") from exc
+        raise StageError(f"the model.onnx just written does not load in onnxruntime ({exc}); if the disk is full, "
+                         f"free some space and run again; else torch {torch.__version__} may have exported it "
+                         "wrongly: try another torch version") from exc
     x = np.random.default_rng(0).standard_normal((3, 3, clf.input_size, clf.input_size)).astype(np.float32)
     got = clf.session.run(None, {"input": x})[0]
     with torch.no_grad():

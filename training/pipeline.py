@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -47,7 +48,7 @@ def run_all(cfg: Config, serve: bool = True) -> Path:
     if serve:
         _serve(cfg.model_dir)
     else:
-        log.info("to serve it: MODEL_DIR=%s python app.py", cfg.model_dir)
+        log.info("to serve it: MODEL_DIR=%s python app.py", shlex.quote(str(cfg.model_dir)))
     return cfg.model_dir
 
 
@@ -110,15 +111,24 @@ def _serve(model_dir: Path) -> None:
              env.get("GRADIO_SERVER_PORT", "7860"))
     app = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=ROOT, env=env)
     try:
-        app.wait()
+        code = app.wait()
     except KeyboardInterrupt:  # the way to stop it, as the line above says: not a failure
-        try:
-            app.wait(timeout=1)  # a terminal's Ctrl-C reached app.py too, and it is shutting down
-        except subprocess.TimeoutExpired:
-            app.send_signal(signal.SIGINT)  # `kill -INT` on this process alone
-            try:
-                app.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                app.kill()
-                app.wait()
+        _stop(app)
         log.info("stopped serving %s", model_dir)
+        return
+    if code != 0:
+        raise StageError(f"app.py stopped with exit code {code} while serving {model_dir}; its messages are above")
+
+
+def _stop(app: subprocess.Popen) -> None:
+    """Let app.py shut down after a Ctrl-C; signal it if the Ctrl-C reached this process alone (`kill -INT`)."""
+    try:
+        app.wait(timeout=10)  # a terminal's Ctrl-C reached app.py too, and it is shutting down
+        return
+    except subprocess.TimeoutExpired:
+        app.send_signal(signal.SIGINT)
+    try:
+        app.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        app.kill()
+        app.wait()

@@ -9,6 +9,7 @@ with mixed precision when there is one.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -54,52 +55,76 @@ DATA_HINT = "run `python -m training data` first"
 def train(cfg: Config) -> Path:
     """Fine-tune, evaluate and export; return the model folder.
 
-    Everything is written to a hidden sibling folder first and moved into the model folder at the end, so a
-    run that fails or is interrupted leaves the previous model, and its report, as they were.
+    Everything is written to MODEL_DIR/.partial/ first and moved into place at the end, so a run that fails
+    or is interrupted before that last step leaves the previous model, and its report, as they were.
     """
     images = cfg.data_dir / "images"
     counts = count_images(images)
-    _bars_only_on_a_terminal()
+    out = cfg.model_dir
+    if out.exists() and not out.is_dir():
+        raise StageError(f"--out {out} is a file; give a folder to write the model to")
     device = distributed.join()  # None in a single process
     set_seed(cfg.seed, reproducible=True)
     dls = build_dataloaders(cfg, images, device)
     learn = build_learner(dls, cfg)
-    staging = cfg.model_dir.parent / f".{cfg.model_dir.name}.partial"
-    report = staging / "report"
+    staging, made_out = out / ".partial", not out.exists()
     if distributed.is_main():
         shutil.rmtree(staging, ignore_errors=True)  # left by a run that was killed
-        report.mkdir(parents=True)
+        (staging / "report").mkdir(parents=True)
     try:
-        # With several processes the main one runs the finder by itself and tells the others its suggestion.
-        lr = cfg.lr if cfg.lr is not None else distributed.on_main(lambda: find_lr(learn, report / "lr_find.png"))
-        seconds = _fit(learn, cfg.epochs, lr, report / "history.csv")
-        if not distributed.is_main():
-            return cfg.model_dir  # the main process evaluates and writes the one model folder
-        processes = distributed.world_size()
-        with distributed.alone():  # the main process evaluates the whole validation split by itself
-            evaluation = evaluate(learn, report)
-        resolved = cfg.replace(data=cfg.data_dir, out=cfg.model_dir, lr=lr)
-        dataset = _dataset_summary(cfg.data_dir, counts, dls)
-        _write_model(learn, staging, resolved, evaluation, dataset, seconds, processes)
-        _move_into(staging, cfg.model_dir)
-    finally:
+        with _bars_only_on_a_terminal():
+            written = _train_into(staging, learn, cfg, counts)
+    except BaseException:
         if distributed.is_main():
             shutil.rmtree(staging, ignore_errors=True)
-    log.info("trained %s for 1 head-only epoch and %d more in %.0f s at lr %.2g%s: error rate %.1f%% on %d "
-             "validation images; wrote %s (report: %s)", resolved.arch, resolved.epochs, seconds, resolved.lr,
-             f" on {processes} processes" if processes > 1 else "",
-             100 * evaluation.metrics["error_rate"], dataset["valid_images"], cfg.model_dir,
-             cfg.model_dir / "report" / "report.md")
-    return cfg.model_dir
+            if made_out and not any(out.iterdir()):
+                out.rmdir()
+        raise
+    if written:  # the main process: the others stop here
+        _move_into(staging, out)
+    return out
 
 
-def _bars_only_on_a_terminal() -> None:
-    """Into a log file, only fastai's per-epoch table: fastprogress means to draw its bars on a terminal only,
-    but its check never calls isatty(), so a log got thousands of \r-separated bar fragments (lr_find alone draws
-    a hundred bars)."""
+def _train_into(folder: Path, learn, cfg: Config, counts: dict[str, int]) -> bool:
+    """Find the learning rate, fit, evaluate and write the model folder's files into `folder`.
+
+    Return whether this process wrote them: with several processes only the main one evaluates and writes.
+    """
+    report = folder / "report"
+    # With several processes the main one runs the finder by itself and tells the others its suggestion.
+    lr = cfg.lr if cfg.lr is not None else distributed.on_main(lambda: find_lr(learn, report / "lr_find.png"))
+    seconds = _fit(learn, cfg.epochs, lr, report / "history.csv")
+    if not distributed.is_main():
+        return False
+    processes = distributed.world_size()
+    with distributed.alone():  # the main process evaluates the whole validation split by itself
+        evaluation = evaluate(learn, report)
+    resolved = cfg.replace(data=cfg.data_dir, out=cfg.model_dir, lr=lr)
+    dataset = _dataset_summary(cfg.data_dir, counts, learn.dls)
+    _write_model(learn, folder, resolved, evaluation, dataset, seconds, processes)
+    log.info("trained %s for 1 head-only epoch and %d more in %.0f s at lr %.3g%s: error rate %.1f%% on %d "
+             "validation images; wrote %s (report: %s)", cfg.arch, cfg.epochs, seconds, lr,
+             f" on {processes} processes" if processes > 1 else "", 100 * evaluation.metrics["error_rate"],
+             dataset["valid_images"], cfg.model_dir, cfg.model_dir / "report" / "report.md")
+    return True
+
+
+@contextlib.contextmanager
+def _bars_only_on_a_terminal():
+    """Into a log file, fastai's per-epoch table without its progress bars.
+
+    fastprogress means to draw bars on a terminal only, but its check never calls isatty(), so a log got
+    thousands of bar fragments (lr_find alone draws a hundred bars). Its settings are global, so they are
+    put back afterwards.
+    """
+    saved = fastprogress.NO_BAR, fastprogress.ConsoleProgressBar.fill
     if not sys.stdout.isatty():
         fastprogress.NO_BAR = True
-        fastprogress.ConsoleProgressBar.fill = ""  # each bar still prints its fill once as it starts
+        fastprogress.ConsoleProgressBar.fill = ""  # each bar still prints this once as it starts
+    try:
+        yield
+    finally:
+        fastprogress.NO_BAR, fastprogress.ConsoleProgressBar.fill = saved
 
 
 def _write_model(learn, folder: Path, resolved: Config, evaluation, dataset: dict, seconds: float,
@@ -115,14 +140,19 @@ def _write_model(learn, folder: Path, resolved: Config, evaluation, dataset: dic
 def _move_into(staging: Path, out: Path) -> None:
     """Move what `staging` holds into `out`, replacing the earlier run's files; other files in `out` stay.
 
-    settings.json goes last: `python -m training all` takes a model folder whose settings match as up to date.
+    settings.json goes first and comes back last: `python -m training all` takes a model folder whose
+    settings match as up to date, so a half-moved folder must have none.
     """
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "settings.json").unlink(missing_ok=True)
-    for entry in sorted(staging.iterdir(), key=lambda e: e.name == "settings.json"):
-        if (out / entry.name).is_dir():
-            shutil.rmtree(out / entry.name)
-        os.replace(entry, out / entry.name)
+    try:
+        (out / "settings.json").unlink(missing_ok=True)
+        for entry in sorted(staging.iterdir(), key=lambda e: e.name == "settings.json"):
+            if (out / entry.name).is_dir():
+                shutil.rmtree(out / entry.name)
+            os.replace(entry, out / entry.name)
+        staging.rmdir()
+    except OSError as exc:
+        raise StageError(f"could not move the new model into {out} ({exc}); what is left of it is in {staging}: "
+                         "fix the cause and train again") from exc
 
 
 def count_images(images: Path) -> dict[str, int]:
