@@ -30,5 +30,6 @@ class FastaiModel:
         from fastai.vision.core import PILImage
 
         img = PILImage.create(open_upright_rgb(image))  # the same upright RGB the ONNX path sees
-        _, _, probs = self.learn.predict(img)
+        with self.learn.no_bar():  # else fastprogress draws a bar into the server log on every request
+            _, _, probs = self.learn.predict(img)
         return dict(zip(self.labels, map(float, probs)))

@@ -45,7 +45,7 @@ MESSAGES = {
     "method": "/classify takes a POST. " + HOW_TO_SEND,
 }
 STATUS = {"empty": 400, "not_image": 415, "truncated": 422, "corrupt": 422, "too_many_pixels": 413,
-          "too_large": 413, "busy": 503, "internal": 500, "no_file": 400, "method": 405}
+          "too_large": 413, "url": 400, "busy": 503, "internal": 500, "no_file": 400, "method": 405}
 HEADERS = {"busy": {"Retry-After": "1"}, "method": {"Allow": "POST"}}
 
 
@@ -104,7 +104,8 @@ def json_api(model: Model, max_bytes: int, max_concurrent: int = 4) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def no_file(request, exc):  # FastAPI's own answer, {"detail": [...]}, is not the documented ErrorBody
-        return _error("no_file")
+        sent = [e.get("input") for e in exc.errors() if tuple(e.get("loc", ())) == ("body", "file")]
+        return _error("url" if any(client_utils.is_http_url_like(str(v)) for v in sent) else "no_file")
 
     @app.exception_handler(HTTPException)
     async def unreadable_body(request, exc):  # a malformed multipart body: the same, {"detail": "..."}

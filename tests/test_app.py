@@ -101,6 +101,11 @@ def test_a_request_without_a_file_field_gets_the_documented_error_body(live, req
     assert r.json() == {"error": MESSAGES["no_file"], "reason": "no_file"}
 
 
+def test_a_url_instead_of_a_file_is_named_as_such(live):
+    r = httpx.post(live.url + "/classify", data={"file": "https://example.org/bear.jpg"}, timeout=30)
+    assert (r.status_code, r.json()) == (400, {"error": MESSAGES["url"], "reason": "url"})
+
+
 @pytest.mark.parametrize("method", ["GET", "HEAD", "PUT", "DELETE"])
 def test_other_methods_on_classify_are_told_to_post(live, method):
     r = httpx.request(method, live.url + "/classify", timeout=30)

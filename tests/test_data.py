@@ -168,9 +168,19 @@ def test_too_few_images_names_the_label(image_server, tmp_path):
     with urls.open("w", newline="") as f:
         csv.writer(f).writerows([("label", "url"), *rows])
     cfg = _cfg(tmp_path, urls=urls, min_per_label=3)
-    with pytest.raises(StageError, match=r"'small' kept 2 .*--min-per-label 3"):
+    with pytest.raises(StageError, match=r"'small' kept 2 .*--min-per-label 3") as caught:
         build_dataset(cfg, allow_address=lambda ip: ip.is_loopback)
+    assert "failed:http_404 (1)" in str(caught.value) and "--allow-private-urls" not in str(caught.value)
     assert len(read_manifest(cfg.data_dir / "manifest.csv")) == len(rows)  # the manifest still says why
+
+
+def test_urls_all_refused_as_private_say_so(image_server, tmp_path):
+    urls = tmp_path / "local.csv"
+    rows = [(label, image_server.url(f"/good/{label}/{i}.jpg")) for label in ("a", "b") for i in range(3)]
+    with urls.open("w", newline="") as f:
+        csv.writer(f).writerows([("label", "url"), *rows])
+    with pytest.raises(StageError, match=r"rejected:private_address \(6\).*--allow-private-urls is for testing"):
+        build_dataset(_cfg(tmp_path, urls=urls, min_per_label=3))  # the default policy: loopback refused
 
 
 @pytest.mark.parametrize("flag", ["urls", "from_folder", "archive"])

@@ -17,15 +17,17 @@ def test_a_model_folder_is_served_with_onnx(tiny_model):
     assert loaded.examples and loaded.error_rate == loaded.model.config["metrics"]["error_rate"]
 
 
-def test_a_folder_with_only_export_pkl_is_served_through_fastai(tiny_model, tmp_path):
+def test_a_folder_with_only_export_pkl_is_served_through_fastai(tiny_model, tmp_path, capsys):
     shutil.copy(tiny_model.folder / "export.pkl", tmp_path / "export.pkl")
     loaded = load_model({"MODEL_DIR": str(tmp_path)})
     assert isinstance(loaded.model, FastaiModel)
     onnx = Classifier.from_folder(tiny_model.folder)
+    capsys.readouterr()
     for example in sorted((tiny_model.folder / "examples").glob("*")):
         slow, fast = loaded.model.classify(example), onnx.classify(example)
         assert slow.keys() == fast.keys()
         assert all(abs(slow[k] - fast[k]) < 1e-4 for k in fast)
+    assert capsys.readouterr().out == ""  # no progress bar into the server log for every request
 
 
 @pytest.mark.parametrize("make", ["missing", "empty"])

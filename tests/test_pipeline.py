@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -28,8 +29,9 @@ def photos(tmp_path_factory):
 
 
 def test_all_runs_each_stage_then_skips_what_is_up_to_date(photos, tmp_path):
-    args = ["--from-folder", str(photos), "--data", str(tmp_path / "data"), "--out", str(tmp_path / "model"),
-            "--no-serve", *FAST]
+    shutil.copytree(photos, tmp_path / "photos")  # a copy: this test adds a photo
+    args = ["--from-folder", str(tmp_path / "photos"), "--data", str(tmp_path / "data"),
+            "--out", str(tmp_path / "model"), "--no-serve", *FAST]
     first = _all(*args)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "data: 36 of 36 images kept" in first.stderr and "trained resnet18" in first.stderr
@@ -55,6 +57,11 @@ def test_all_runs_each_stage_then_skips_what_is_up_to_date(photos, tmp_path):
     changed = _all(*[a if a != "16" else "8" for a in args])  # --batch-size 8: another model, only training reruns
     assert changed.returncode == 0, changed.stderr[-3000:]
     assert "data: " in changed.stderr and "up to date" in changed.stderr and "trained resnet18" in changed.stderr
+
+    shutil.copy(next((tmp_path / "photos").glob("circle/*.jpg")), tmp_path / "photos" / "circle" / "new.jpg")
+    grown = _all(*[a if a != "16" else "8" for a in args])  # the same settings, a new photo in the folder
+    assert grown.returncode == 0, grown.stderr[-3000:]
+    assert "data: 36 of 37 images kept" in grown.stderr and "trained resnet18" in grown.stderr
 
 
 def test_all_serves_what_it_trained(photos, tmp_path):

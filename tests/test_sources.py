@@ -70,6 +70,19 @@ def test_folder_lists_images_per_label_recursively(photo_folder):
         ("teddy", "teddy/a.jpg"), ("teddy", "teddy/nested/b.JPEG")]
 
 
+def test_the_folder_above_the_label_folders_gets_a_hint(photo_folder, tmp_path, caplog):
+    (tmp_path / "images").mkdir()
+    shutil.copytree(photo_folder, tmp_path / "images" / "photos")
+    items = folder_items(tmp_path / "images", ())
+    assert {label for label, _ in items} == {"photos"}  # what it would take the labels to be
+    assert f"use --from-folder {tmp_path / 'images' / 'photos'}" in caplog.text and "grizzly, teddy" in caplog.text
+
+
+def test_no_hint_for_label_folders(photo_folder, caplog):
+    folder_items(photo_folder, ())
+    assert "use --from-folder" not in caplog.text
+
+
 @pytest.mark.parametrize("make", ["not_a_folder", "empty"])
 def test_folder_errors(tmp_path, make):
     target = tmp_path / "x"

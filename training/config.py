@@ -89,6 +89,7 @@ class Config:
         return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
                 for k, v in dataclasses.asdict(self).items()}
 
-    def write(self, path: Path) -> None:
+    def write(self, path: Path, **extra) -> None:
+        """Write the settings, and `extra` facts about the run, as JSON."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+        path.write_text(json.dumps({**self.to_json(), **extra}, indent=2) + "\n")

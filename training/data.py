@@ -20,7 +20,7 @@ from training.errors import StageError
 from training.manifest import Row, check_label, count_rows, write_manifest
 from training.review_log import LOCK_NAME, DataLock, read_log
 from training.search import SearchEngine, search_images
-from training.sources import archive_items, folder_items, read_url_list
+from training.sources import archive_items, folder_items, input_fingerprint, read_url_list
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ def _remove_if_only_lock(data_dir: Path) -> None:
 
 def _build(cfg: Config, engine: SearchEngine | None, allow_address) -> dict:
     data_dir = cfg.data_dir
+    inputs_seen = input_fingerprint(cfg.urls, cfg.from_folder)  # before reading: an edit during the run counts
     review = read_log(data_dir)  # decisions made with `python -m training review`, kept on every rerun
     inputs = _gather_inputs(cfg, engine)
     labels = _labels(cfg, inputs)
@@ -67,7 +68,7 @@ def _build(cfg: Config, engine: SearchEngine | None, allow_address) -> dict:
         rows[i] = row
 
     write_manifest(rows, data_dir / "manifest.csv")  # type: ignore[arg-type]
-    cfg.write(data_dir / "settings.json")  # how this folder was made
+    cfg.write(data_dir / "settings.json", inputs=inputs_seen)  # how this folder was made, and from what
     summary = _summarise(rows, labels, cfg)  # type: ignore[arg-type]
     (data_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     _log_summary(summary, data_dir)
@@ -139,11 +140,17 @@ def _log_summary(summary: dict, data_dir: Path) -> None:
              t["kept"], t["found"], data_dir / "images")
 
 
+# Loopback and private-network URLs are refused by default: a URL list from a stranger must not reach them.
+PRIVATE_HINT = " (private and loopback addresses are refused; --allow-private-urls is for testing)"
+
+
 def _check_enough(summary: dict, cfg: Config) -> None:
     short = {label: c["kept"] for label, c in summary["labels"].items() if c["kept"] < cfg.min_per_label}
     if short:
         listed = ", ".join(f"{label!r} kept {n}" for label, n in short.items())
+        reasons = ", ".join(f"{reason} ({n})" for reason, n in list(summary["reasons"].items())[:3])
+        hint = PRIVATE_HINT if "rejected:private_address" in summary["reasons"] else ""
         raise StageError(
             f"too few images after cleaning: {listed} (need --min-per-label {cfg.min_per_label}). "
-            f"See {cfg.data_dir / 'manifest.csv'} for why the rest were dropped; add images with "
-            "--max-images, --urls or --from-folder, then rerun")
+            f"The commonest reasons: {reasons or 'none recorded'}{hint}; {cfg.data_dir / 'manifest.csv'} has one "
+            "row per image. Add images with --max-images, --urls or --from-folder, then rerun")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from training.config import Config
 from training.errors import StageError
+from training.sources import input_fingerprint
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]  # where app.py lives
@@ -79,7 +80,8 @@ def _data_up_to_date(cfg: Config) -> bool:
     if not saved or not summary or cfg.retry_failed:
         return False
     enough = all(c["kept"] >= cfg.min_per_label for c in summary["labels"].values())
-    return enough and all(saved.get(k) == cfg.to_json()[k] for k in DATA_KEYS)
+    same = all(saved.get(k) == cfg.to_json()[k] for k in DATA_KEYS)
+    return enough and same and saved.get("inputs") == input_fingerprint(cfg.urls, cfg.from_folder)
 
 
 def _model_up_to_date(cfg: Config) -> bool:

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 REQUIRED = ("model.onnx", "config.json")  # what the app serves
 OPTIONAL = ("export.pkl",)  # for load_learner users; a folder made by `convert` may lack it
-REPORT = ("report/*.png", "report/metrics.json", "report/report.md")
+REPORT = ("report/*.png", "report/metrics.json", "report/report.md", "report/history.csv")
 # A rerun replaces these folders as a whole, so a retrained model leaves no stale example or plot behind.
 REPLACED = ["examples/*", "report/*"]
 PLACEHOLDER_SPACE = "YOUR-NAME/YOUR-SPACE"

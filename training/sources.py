@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import logging
 import shutil
 import tarfile
@@ -45,7 +46,21 @@ def folder_items(folder: Path, labels: tuple[str, ...]) -> list[tuple[str, str]]
              for f in sorted(sub.rglob("*")) if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
     if not pairs:
         raise StageError(f"no images found in {folder}: expected {folder}/<label>/<image>.jpg")
+    _warn_if_one_level_up(folder, {label for label, _ in pairs})
     return _only_labels(pairs, labels, str(folder))
+
+
+def _warn_if_one_level_up(folder: Path, found: set[str]) -> None:
+    """One label whose images sit in subfolders of their own: likely the folder above the label folders.
+    A warning, not an error: one label's photos may well be filed by year, say."""
+    if len(found) != 1:
+        return
+    (label,) = found
+    nested = sorted(d.name for d in (folder / label).iterdir() if d.is_dir())
+    if nested:
+        log.warning("%s holds one label folder, %r, whose images are in subfolders (%s%s); if those are the labels, "
+                    "use --from-folder %s", folder, label, ", ".join(nested[:5]), ", ..." if len(nested) > 5 else "",
+                    folder / label)
 
 
 def archive_items(archive: str, data_dir: Path, labels: tuple[str, ...]) -> list[tuple[str, str]]:
@@ -102,3 +117,19 @@ def _only_labels(pairs: list[tuple[str, str]], labels: tuple[str, ...], where: s
         raise StageError(f"{where} has no images for label(s) {', '.join(map(repr, missing))}; "
                          f"it has: {', '.join(sorted({p[0] for p in pairs}))}")
     return [p for p in pairs if p[0] in labels]
+
+
+def input_fingerprint(urls: Path | None, from_folder: Path | None) -> str:
+    """A hash of the --urls file's and the --from-folder files' names, sizes and times, so that `all` can tell
+    inputs it has read from edited ones (new photos, new rows). An archive is fetched once per data folder,
+    so it is not part of it."""
+    files = ([Path(urls)] if urls else []) + (sorted(p for p in Path(from_folder).rglob("*") if p.is_file())
+                                               if from_folder and Path(from_folder).is_dir() else [])
+    digest = hashlib.sha256()
+    for f in files:
+        try:
+            stat = f.stat()
+            digest.update(f"{f}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        except OSError:
+            digest.update(f"{f}\0missing\n".encode())
+    return digest.hexdigest()
