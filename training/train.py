@@ -264,7 +264,7 @@ def find_lr(learn, plot: Path) -> float:
         finally:
             learn.model_dir = saved
     _plot_lr_find(learn.recorder.lrs, learn.recorder.losses, lr, plot)
-    log.info("learning-rate finder suggests %.2g (plot: report/%s)", lr, plot.name)
+    log.info("learning-rate finder suggests %.3g (plot: report/%s)", lr, plot.name)
     return lr
 
 
@@ -283,8 +283,6 @@ def _plot_lr_find(lrs: list, losses: list, lr: float, path: Path) -> None:
 def _fit(learn, epochs: int, lr: float, history: Path) -> float:
     """fine_tune (data-parallel when launched so) with a CSV history; return the seconds it took."""
     main = distributed.is_main()
-    if main:
-        history.unlink(missing_ok=True)
     # fine_tune fits twice (frozen, then unfrozen); appending keeps the frozen epoch in the file.
     # Every process sees the same gathered metrics, so only the main one writes them.
     loggers = [CSVLogger(history.resolve(), append=True)] if main else []
