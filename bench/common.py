@@ -27,7 +27,7 @@ def model_folder(arch: str = "resnet18", size: int = 224) -> Path:
         return folder
     from tests.tiny_model import make_images
     from training.config import Config
-    from training.train import train
+    from training.train.stage import train
 
     data = make_images(OUT / "data", per_label=20)
     return train(Config(name="bench", data=data, out=folder, arch=arch, pretrained=False, epochs=1, size=size,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tests.image_server import ImageServer
 from training.config import Config
-from training.download import download_all
+from training.data.download import download_all
 
 
 def time_ours(urls: list[str], dest: Path, workers: int) -> tuple[float, int]:

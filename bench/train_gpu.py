@@ -21,7 +21,7 @@ from fastai.callback.core import Callback
 
 from tests.tiny_model import SHAPES, draw_shape
 from training.config import Config
-from training.train import build_dataloaders, build_learner
+from training.train.stage import build_dataloaders, build_learner
 
 SMOKE = {"per_label": 8, "side": 96, "size": 64, "epochs": 1, "batch_size": 8}
 

@@ -70,7 +70,7 @@ def tiny_config(data: Path, out: Path, **changes) -> Config:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> TinyModel:
     """Train the tiny model once for the whole test session."""
-    from training.train import train  # torch and fastai load only for tests that need them
+    from training.train.stage import train  # torch and fastai load only for tests that need them
 
     root = tmp_path_factory.mktemp("tiny")
     data = make_images(root / "data")

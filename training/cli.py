@@ -249,29 +249,29 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     # Stages import lazily: `data` must not pay for importing torch, nor `--help` for anything.
     if args.stage == "data":
-        from training.data import build_dataset
+        from training.data.stage import build_dataset
         build_dataset(config_from_args(args))
     elif args.stage == "train":
-        from training.train import train
+        from training.train.stage import train
         train(config_from_args(args))
     elif args.stage == "all":
         from training.pipeline import run_all
         run_all(config_from_args(args), serve=args.serve)
     elif args.stage == "publish":
-        from training.publish import publish
+        from training.hub.publish import publish
         sha = publish(args.model_dir, config_from_args(args), dry_run_out=_dry_run_out(args))
         if sha:
             print(sha)  # alone on stdout, so `SHA=$(python -m training publish ...)` works
     elif args.stage == "deploy":
-        from training.deploy import deploy
+        from training.hub.deploy import deploy
         url = deploy(config_from_args(args), args.revision, allow_branch=args.allow_branch, model_dir=args.model_dir,
                      dry_run_out=_dry_run_out(args))
         if url:
             print(url)
     elif args.stage == "review":
-        from training.review import review
+        from training.review.stage import review
         review(config_from_args(args))
     elif args.stage == "convert":
-        from training.convert import convert
+        from training.train.convert import convert
         convert(args.export_pkl, args.out, size=args.size)
     return 0

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from training.config import Config
 from training.errors import StageError
-from training.sources import input_fingerprint
+from training.data.sources import input_fingerprint
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]  # where app.py lives
@@ -37,12 +37,12 @@ def run_all(cfg: Config, serve: bool = True) -> Path:
     if _data_up_to_date(cfg):
         log.info("data: %s is up to date with these settings; skipping", cfg.data_dir)
     else:
-        from training.data import build_dataset
+        from training.data.stage import build_dataset
         build_dataset(cfg)
     if _model_up_to_date(cfg):
         log.info("train: %s is newer than the data and was made with these settings; skipping", cfg.model_dir)
     else:
-        from training.train import train
+        from training.train.stage import train
         train(cfg)
     if api is not None:
         _publish_and_deploy(cfg, api)
@@ -59,18 +59,18 @@ def _connect_first(cfg: Config):
         raise StageError("--space deploys the model that `all` publishes: add --repo-id NAMESPACE/NAME")
     if not cfg.repo_id:
         return None
-    from training.hub import check_hardware, check_repo_id, connect
+    from training.hub.access import check_hardware, check_repo_id, connect
     check_hardware(cfg.hardware)
     repos = [check_repo_id(cfg.repo_id, "--repo-id")] + ([check_repo_id(cfg.space, "--space")] if cfg.space else [])
     return connect(*repos)
 
 
 def _publish_and_deploy(cfg: Config, api) -> None:
-    from training.publish import publish
+    from training.hub.publish import publish
     sha = publish(cfg.model_dir, cfg, api=api)
     log.info("publish: %s@%s", cfg.repo_id, sha)
     if cfg.space:
-        from training.deploy import deploy
+        from training.hub.deploy import deploy
         log.info("deploy: %s", deploy(cfg, sha, api=api))
 
 

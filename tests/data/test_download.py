@@ -1,0 +1,331 @@
+"""training/data/download.py against the loopback image server, with real httpx: every URL gets its fate and why."""
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.image_server import good_urls
+from training.config import Config
+from training.data.download import Fetched, _ip, _public_only, _retry_after, _sniff, download_all
+from training.errors import StageError
+
+ROOT = Path(__file__).resolve().parents[2]
+CFG = Config(deadline=2.0, max_bytes=1_000_000, retries=2, max_retry_after=5.0)
+FORMATS = ("jpg", "png", "webp", "gif")
+
+
+def loopback(ip) -> bool:
+    return ip.is_loopback
+
+
+# (path on the image server, status, reason). Cleaning judges the pixels later; download judges the bytes.
+ROUTES = [
+    ("/bad/html.jpg", "rejected", "not_image"),
+    ("/bad/html-as-image.jpg", "rejected", "not_image"),
+    ("/svg/image.svg", "rejected", "not_image"),
+    ("/bad/empty.jpg", "rejected", "empty"),
+    ("/bad/truncated.jpg", "ok", ""),
+    ("/bad/404.jpg", "failed", "http_404"),
+    ("/flaky/500-then-200.jpg", "ok", ""),
+    ("/flaky/429.jpg", "ok", ""),
+    ("/flaky/429-long.jpg", "failed", "http_429"),
+    ("/slow/drip.jpg", "failed", "timeout"),
+    ("/big/huge.jpg", "rejected", "too_large"),
+    ("/big/huge-chunked.jpg", "rejected", "too_large"),
+    ("/redirect/loop", "failed", "too_many_redirects"),
+    ("/redirect/private", "rejected", "private_address"),
+    ("/redirect/ok", "ok", ""),
+    ("/img/bomb.png", "ok", ""),
+    ("/img/tiny.png", "ok", ""),
+    ("/img/cmyk.jpg", "ok", ""),
+    ("/img/16bit.png", "ok", ""),
+    ("/img/rgba.png", "ok", ""),
+    ("/img/animated.gif", "ok", ""),
+    ("/img/exif-rotated.jpg", "ok", ""),
+    ("/dup/a.jpg", "ok", ""),
+    ("/dup/b.jpg", "ok", ""),
+    ("/dup/original.jpg", "ok", ""),
+    ("/dup/resized.jpg", "ok", ""),
+    ("/dup/shared.jpg", "ok", ""),
+    ("/no/such/route.jpg", "failed", "http_404"),
+]
+# Never sent anywhere: refused before any connection (ftp points at loopback to prove the scheme decides).
+FOREIGN = [
+    ("file:///etc/passwd", "rejected", "unsupported_scheme"),
+    ("data:image/png;base64,iVBORw0KGgo=", "rejected", "unsupported_scheme"),
+    ("ftp://127.0.0.1/x.jpg", "rejected", "unsupported_scheme"),
+    ("javascript:alert(1)", "rejected", "unsupported_scheme"),
+    ("not a url", "rejected", "bad_url"),
+]
+
+
+@pytest.fixture(scope="module")
+def run(image_server, tmp_path_factory):
+    """Every route, eight good images of each of two labels, and the foreign URLs, in one download_all."""
+    data_dir = tmp_path_factory.mktemp("data")
+    items = [("routes", image_server.url(path)) for path, _, _ in ROUTES]
+    items += [(label, url) for label in ("grizzly", "teddy bear") for url in good_urls(image_server, label, 8, FORMATS)]
+    items += [("routes", url) for url, _, _ in FOREIGN]
+    image_server.reset()
+    started = time.monotonic()
+    outcomes = download_all(items, data_dir, CFG, allow_address=loopback)
+    return {"dir": data_dir, "items": items, "outcomes": outcomes, "hits": dict(image_server.hits),
+            "seconds": time.monotonic() - started}
+
+
+def _outcome(run, url: str) -> Fetched:
+    return next(f for f in run["outcomes"] if f.url == url)
+
+
+def _served(server, path: str) -> bytes:
+    return server.good_image("redirected", 0, "jpg") if path == "/redirect/ok" else server.static(path)
+
+
+@pytest.mark.parametrize("path,status,reason", ROUTES)
+def test_each_route_gets_its_status_and_reason(run, image_server, path, status, reason):
+    fetched = _outcome(run, image_server.url(path))
+    assert (fetched.status, fetched.reason) == (status, reason)
+    if status == "ok":
+        assert (run["dir"] / fetched.file).read_bytes() == _served(image_server, path)
+    else:
+        assert fetched.file == ""
+
+
+@pytest.mark.parametrize("url,status,reason", FOREIGN)
+def test_foreign_schemes_are_refused(run, url, status, reason):
+    assert (_outcome(run, url).status, _outcome(run, url).reason) == (status, reason)
+
+
+def test_one_outcome_per_item_in_order(run):
+    assert [(f.label, f.url) for f in run["outcomes"]] == run["items"]
+
+
+def test_good_images_of_every_format_are_saved_byte_for_byte(run, image_server):
+    for label in ("grizzly", "teddy bear"):
+        for i, url in enumerate(good_urls(image_server, label, 8, FORMATS)):
+            fetched = _outcome(run, url)
+            ext = FORMATS[i % 4]
+            assert fetched.status == "ok" and fetched.file.startswith(f"raw/{label}/")
+            assert fetched.file.endswith("." + ext)
+            assert (run["dir"] / fetched.file).read_bytes() == image_server.good_image(label, i, ext)
+
+
+def test_retries_and_redirects_show_in_the_hit_counts(run):
+    hits = run["hits"]
+    assert hits["/flaky/500-then-200.jpg"] == 2
+    assert hits["/flaky/429.jpg"] == 2
+    assert hits["/flaky/429-long.jpg"] == 1  # Retry-After: 3600 is over max_retry_after: give up at once
+    assert hits["/bad/404.jpg"] == 1  # no retry on other 4xx
+    assert hits["/redirect/loop"] == 6  # the first request and five redirects
+    assert hits["/good/redirected/0.jpg"] == 1
+
+
+def test_the_log_records_every_outcome_once(run):
+    with open(run["dir"] / "downloads.csv", newline="") as f:
+        rows = [Fetched(**row) for row in csv.DictReader(f)]
+    assert sorted(rows, key=lambda f: f.url) == sorted(set(run["outcomes"]), key=lambda f: f.url)
+
+
+def test_no_temp_files_are_left(run):
+    assert not list(run["dir"].rglob("*.part"))
+    assert {p.relative_to(run["dir"]).as_posix() for p in (run["dir"] / "raw").rglob("*.*")} == \
+        {f.file for f in run["outcomes"] if f.status == "ok"}
+
+
+def test_a_rerun_downloads_nothing_and_returns_the_same(run, image_server):
+    before = dict(image_server.hits)
+    assert download_all(run["items"], run["dir"], CFG, allow_address=loopback) == run["outcomes"]
+    assert dict(image_server.hits) == before
+
+
+def test_retry_after_one_second_is_honoured(image_server, tmp_path):
+    image_server.reset()
+    started = time.monotonic()
+    [fetched] = download_all([("x", image_server.url("/flaky/429.jpg"))], tmp_path, CFG, allow_address=loopback)
+    assert fetched.status == "ok" and time.monotonic() - started >= 0.9
+
+
+def test_retry_after_an_hour_fails_at_once(image_server, tmp_path):
+    started = time.monotonic()
+    [fetched] = download_all([("x", image_server.url("/flaky/429-long.jpg"))], tmp_path, CFG, allow_address=loopback)
+    assert (fetched.status, fetched.reason) == ("failed", "http_429")
+    assert time.monotonic() - started < 2
+
+
+def test_default_policy_refuses_loopback_without_connecting(image_server, tmp_path):
+    url = image_server.url("/good/policy/0.jpg")
+    [fetched] = download_all([("x", url)], tmp_path, Config())
+    assert (fetched.status, fetched.reason) == ("rejected", "private_address")
+    assert image_server.hits["/good/policy/0.jpg"] == 0
+    [fetched] = download_all([("x", url)], tmp_path / "allowed", Config(allow_private_urls=True))
+    assert fetched.status == "ok" and image_server.hits["/good/policy/0.jpg"] == 1
+
+
+@pytest.mark.parametrize("address,allowed", [
+    ("93.184.215.14", True), ("2606:4700:4700::1111", True),
+    ("127.0.0.1", False), ("::1", False), ("10.0.0.1", False), ("172.16.5.4", False), ("192.168.1.1", False),
+    ("169.254.169.254", False), ("100.64.0.1", False), ("0.0.0.0", False), ("224.0.0.251", False),
+    ("240.0.0.1", False), ("fe80::1%eth0", False), ("fc00::1", False), ("::ffff:10.0.0.1", False),
+    ("::ffff:8.8.8.8", True),
+])
+def test_default_address_policy(address, allowed):
+    assert _public_only(_ip(address)) is allowed
+
+
+def test_retry_failed_retries_only_failures_and_the_newest_row_wins(image_server, tmp_path):
+    items = [("x", image_server.url("/good/retry/0.jpg")), ("x", image_server.url("/flaky/500-then-200.jpg")),
+             ("x", image_server.url("/bad/html.jpg"))]
+    cfg = CFG.replace(retries=0)
+    image_server.reset()
+    first = download_all(items, tmp_path, cfg, allow_address=loopback)
+    assert [f.status for f in first] == ["ok", "failed", "rejected"] and first[1].reason == "http_500"
+    second = download_all(items, tmp_path, cfg.replace(retry_failed=True), allow_address=loopback)
+    assert [f.status for f in second] == ["ok", "ok", "rejected"]
+    assert (image_server.hits["/good/retry/0.jpg"], image_server.hits["/flaky/500-then-200.jpg"],
+            image_server.hits["/bad/html.jpg"]) == (1, 2, 2)
+    assert download_all(items, tmp_path, cfg, allow_address=loopback) == second
+    assert sum(image_server.hits.values()) == 5
+
+
+def test_a_rerun_fetches_a_deleted_file_again(image_server, tmp_path):
+    items = [("x", url) for url in good_urls(image_server, "deleted", 2)]
+    first = download_all(items, tmp_path, CFG, allow_address=loopback)
+    (tmp_path / first[0].file).unlink()
+    image_server.reset()
+    assert download_all(items, tmp_path, CFG, allow_address=loopback) == first
+    assert dict(image_server.hits) == {"/good/deleted/0.jpg": 1}
+
+
+def test_a_repeated_item_is_fetched_once(image_server, tmp_path):
+    url = image_server.url("/good/repeat/0.png")
+    image_server.reset()
+    a, b = download_all([("x", url), ("x", url)], tmp_path, CFG, allow_address=loopback)
+    assert a == b and a.status == "ok" and image_server.hits["/good/repeat/0.png"] == 1
+
+
+def test_works_inside_a_running_event_loop(image_server, tmp_path):
+    async def notebook_cell():
+        return download_all([("x", image_server.url("/good/loop/0.jpg"))], tmp_path, CFG, allow_address=loopback)
+    assert asyncio.run(notebook_cell())[0].status == "ok"
+
+
+@pytest.mark.parametrize("label", ["", ".", "..", "../escape", "a/b", "a\\b"])
+def test_a_label_that_is_not_a_folder_name_is_refused_before_downloading(image_server, tmp_path, label):
+    image_server.reset()
+    with pytest.raises(StageError, match="folder name"):
+        download_all([(label, image_server.url("/good/label/0.jpg"))], tmp_path, CFG, allow_address=loopback)
+    assert sum(image_server.hits.values()) == 0
+
+
+@pytest.mark.parametrize("head,ext", [
+    (b"\xff\xd8\xff\xe0", ".jpg"), (b"\x89PNG\r\n\x1a\n\0\0", ".png"), (b"GIF89a", ".gif"), (b"GIF87a", ".gif"),
+    (b"RIFF\x10\0\0\0WEBPVP8 ", ".webp"), (b"BM\x36\0", ".bmp"), (b"II*\0", ".tif"), (b"MM\0*", ".tif"),
+    (b"\xff\xd8", ""), (b"RIFF\x10\0", ""), (b"", ""),  # too short to tell yet
+    (b"RIFF\x10\0\0\0WAVEfmt ", None), (b"<!DOCTYPE html>", None), (b"<svg xmlns", None), (b"%PDF-1.7", None),
+])
+def test_signature_sniffing(head, ext):
+    assert _sniff(head) == ext
+
+
+@pytest.mark.parametrize("value,seconds", [
+    ("3", 3.0), ("0", 0.0), ("-4", 0.0), ("1.5", 1.5), (None, None), ("", None), ("soon", None),
+    ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),  # a date in the past means now
+])
+def test_retry_after_header(value, seconds):
+    assert _retry_after(value) == seconds
+
+
+def test_retry_after_a_future_date():
+    when = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 120))
+    assert 100 < _retry_after(when) <= 121
+
+
+INTERRUPTED = """
+import json, sys
+from pathlib import Path
+from training.config import Config
+from training.data.download import download_all
+try:
+    download_all([tuple(i) for i in json.loads(sys.argv[2])], Path(sys.argv[1]), Config(allow_private_urls=True, deadline=60))
+except KeyboardInterrupt:
+    sys.exit(130)
+"""
+
+
+def test_ctrl_c_mid_download_leaves_no_temp_file_and_a_valid_log(image_server, tmp_path):
+    items = [("good", url) for url in good_urls(image_server, "interrupt", 4)]
+    items.append(("drip", image_server.url("/slow/drip.jpg")))
+    proc = subprocess.Popen([sys.executable, "-c", INTERRUPTED, str(tmp_path), json.dumps(items)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        # Interrupt once the good images are logged and the drip's temp file exists to be cleaned up.
+        _wait_for(lambda: _logged(tmp_path) == 4 and list((tmp_path / "raw" / "drip").glob("*.part"))
+                  or proc.poll() is not None, 20)
+        assert proc.poll() is None, proc.stdout.read().decode()
+        proc.send_signal(signal.SIGINT)
+        output = proc.communicate(timeout=20)[0].decode()
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, output
+    assert not list(tmp_path.rglob("*.part"))
+    with open(tmp_path / "downloads.csv", newline="") as f:
+        rows = [Fetched(**row) for row in csv.DictReader(f)]
+    assert sorted(r.url for r in rows) == sorted(url for _, url in items[:4])
+    assert all(r.status == "ok" and (tmp_path / r.file).is_file() for r in rows)
+    image_server.reset()
+    download_all(items[:4], tmp_path, CFG, allow_address=loopback)
+    assert sum(image_server.hits.values()) == 0
+
+
+def test_a_killed_run_keeps_its_log_rows_and_the_next_run_clears_its_temp_file(image_server, tmp_path):
+    items = [("good", url) for url in good_urls(image_server, "killed", 4)]
+    items.append(("drip", image_server.url("/slow/drip.jpg")))
+    proc = subprocess.Popen([sys.executable, "-c", INTERRUPTED, str(tmp_path), json.dumps(items)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(lambda: _logged(tmp_path) == 4 and list((tmp_path / "raw" / "drip").glob("*.part")), 20)
+    finally:
+        proc.kill()  # SIGKILL: no cleanup runs, so only what was flushed survives
+        proc.wait(timeout=20)
+    with open(tmp_path / "downloads.csv", newline="") as f:
+        assert sorted(row["url"] for row in csv.DictReader(f)) == sorted(url for _, url in items[:4])
+    [part] = (tmp_path / "raw" / "drip").glob("*.part")
+    os.utime(part, (time.time() - 3600, time.time() - 3600))
+    download_all(items[:4], tmp_path, CFG, allow_address=loopback)
+    assert not part.exists()
+
+
+def test_a_torn_last_log_row_is_fetched_again_and_the_log_stays_valid(image_server, tmp_path):
+    done, torn = good_urls(image_server, "torn", 2)
+    first = download_all([("x", done)], tmp_path, CFG, allow_address=loopback)
+    with open(tmp_path / "downloads.csv", "a") as f:
+        f.write(f"x,{torn},o")  # what a power cut mid-row leaves
+    image_server.reset()
+    second = download_all([("x", done), ("x", torn)], tmp_path, CFG, allow_address=loopback)
+    assert second[0] == first[0] and second[1].status == "ok"
+    assert dict(image_server.hits) == {"/good/torn/1.jpg": 1}
+    with open(tmp_path / "downloads.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["status"] for r in rows] == ["ok", "o", "ok"] and rows[1]["reason"] is None
+
+
+def _logged(data_dir: Path) -> int:
+    """Rows in downloads.csv so far (a row is flushed whole, so counting lines is safe)."""
+    path = data_dir / "downloads.csv"
+    return max(0, path.read_text().count("\n") - 1) if path.exists() else 0
+
+
+def _wait_for(condition, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.05)

@@ -1,0 +1,243 @@
+"""Tests for serving/model.py: the torch-free classifier the app uses."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from PIL import Image
+
+from serving.model import RESAMPLE, Classifier, ModelFolderError, Preprocess, softmax
+from tests.tiny_model import draw_shape
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def clf(tiny_model):
+    return Classifier.from_folder(tiny_model.folder)
+
+
+@pytest.fixture(scope="module")
+def image_file(tiny_model):
+    return next((tiny_model.data / "images" / "square").iterdir())
+
+
+def test_serving_never_imports_torch_or_fastai(tiny_model, image_file):
+    code = ("import sys; from serving.model import Classifier; "
+            f"p = Classifier.from_folder({str(tiny_model.folder)!r}).classify({str(image_file)!r}); "
+            "assert abs(sum(p.values()) - 1) < 1e-9; "
+            "print(sorted(m for m in ('torch', 'fastai', 'torchvision', 'fastcore') if m in sys.modules))")
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"
+
+
+def test_classify_returns_every_label_with_probabilities_summing_to_one(clf, image_file):
+    probs = clf.classify(image_file)
+    assert list(probs) == clf.labels == clf.config["labels"]
+    assert all(isinstance(p, float) and 0 <= p <= 1 for p in probs.values())
+    assert sum(probs.values()) == pytest.approx(1, abs=1e-12)
+
+
+def test_every_kind_of_input_gives_the_same_answer(clf, image_file):
+    data = image_file.read_bytes()
+    with Image.open(image_file) as img:
+        pil = img.convert("RGB")
+    inputs = [image_file, str(image_file), data, io.BytesIO(data), pil]
+    results = [clf.classify(x) for x in inputs]
+    assert all(r == results[0] for r in results)
+
+
+def test_classify_batch_matches_one_by_one(clf, tiny_model):
+    files = sorted((tiny_model.data / "images" / "circle").iterdir())[:3]
+    batch = clf.classify_batch(files)
+    for got, f in zip(batch, files):
+        assert list(got.values()) == pytest.approx(list(clf.classify(f).values()), abs=1e-6)
+    assert clf.classify_batch([]) == []
+
+
+def test_preprocess_is_fastais_validation_transform(clf, image_file):
+    """Squish to 80 bilinear, centre-crop 64, /255, ImageNet mean/std: written out by hand."""
+    with Image.open(image_file) as img:
+        ref = np.asarray(img.convert("RGB").resize((80, 80), Image.Resampling.BILINEAR), dtype=np.float32)
+    ref = ref[8:72, 8:72].transpose(2, 0, 1) / np.float32(255)
+    mean = np.float32([0.485, 0.456, 0.406]).reshape(3, 1, 1)
+    std = np.float32([0.229, 0.224, 0.225]).reshape(3, 1, 1)
+    x = clf.preprocess(image_file)
+    assert x.shape == (3, 64, 64) and x.dtype == np.float32
+    np.testing.assert_array_equal(x, (ref - mean) / std)
+
+
+@pytest.mark.parametrize("resample", ["bilinear", "bicubic", "lanczos"])
+@pytest.mark.parametrize("mode", ["squish", "crop"])
+def test_resizing_only_the_centre_gives_the_pixels_of_the_whole_resize(resample, mode):
+    """At 224 px (resize 256, a power of two) only the centre the model sees is resized: bit for bit the
+    same input as resizing the whole image and cropping, whatever the image's size."""
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    pre = Preprocess.from_config({"resize": 256, "crop": 224, "resize_mode": mode, "resample": resample,
+                                  "mean": mean, "std": std})
+    rng = np.random.default_rng(0)
+    sizes = [(500, 375), (504, 378), (4032 // 8, 3024 // 8), (256, 256), (100, 80), (257, 1000), (3001, 231)]
+    sizes += [tuple(int(v) for v in rng.integers(60, 2500, 2)) for _ in range(25)]
+    for w, h in sizes:
+        img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        if mode == "crop":
+            side = min(w, h)
+            img_sq = img.crop(((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side))
+        else:
+            img_sq = img
+        whole = np.asarray(img_sq.resize((256, 256), RESAMPLE[resample]), dtype=np.float32)[16:240, 16:240]
+        ref = (whole.transpose(2, 0, 1) / np.float32(255) - pre.mean) / pre.std
+        np.testing.assert_array_equal(pre(img), ref, err_msg=f"{w}x{h}")
+
+
+@pytest.mark.parametrize("resize, crop, size", [(256, 225, (3, 74567)), (256, 225, (74567, 3)),
+                                                (512, 449, (65537, 2))])
+def test_the_whole_image_is_resized_where_float32_would_round_the_centre_box(resize, crop, size):
+    """Widths where the centre box's ends fit float32 but its width does not: Pillow would place the filter a
+    hair off and some pixels would come out a level off, so these take the whole-image path."""
+    pre = Preprocess.from_config({"resize": resize, "crop": crop, "resample": "bicubic",
+                                  "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]})
+    w, h = size
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8))
+    margin = (resize - crop) // 2
+    whole = np.asarray(img.resize((resize, resize), Image.Resampling.BICUBIC), dtype=np.float32)
+    whole = whole[margin:margin + crop, margin:margin + crop].transpose(2, 0, 1)
+    np.testing.assert_array_equal(pre(img), (whole / np.float32(255) - pre.mean) / pre.std)
+
+
+def test_large_jpegs_decode_at_reduced_scale_small_ones_do_not(clf, tmp_path):
+    big = draw_shape("square", random.Random(3), side=1200)
+    big.save(tmp_path / "big.jpg", quality=92)
+    x = clf.preprocess(tmp_path / "big.jpg")
+    with Image.open(tmp_path / "big.jpg") as img:
+        full = clf.preprocess(img.convert("RGB"))  # an already decoded image: the whole 1200px
+    assert x.shape == full.shape
+    assert not np.array_equal(x, full)  # 1200px decoded at 1/8 scale (150px, still >= 80)...
+    assert np.abs(x - full).mean() < 0.05  # ...and it barely shows after the resize to 80
+    assert np.abs(x - full).max() < 4 / 255 / 0.224  # not one input value off by 4 levels or more
+
+
+def test_exif_orientation_is_applied(clf, tmp_path):
+    img = draw_shape("triangle", random.Random(5))
+    exif = Image.Exif()
+    exif[0x0112] = 3  # rotated 180 degrees
+    img.rotate(180).save(tmp_path / "rotated.jpg", exif=exif, quality=95)
+    img.save(tmp_path / "upright.jpg", quality=95)
+    np.testing.assert_allclose(clf.preprocess(tmp_path / "rotated.jpg"), clf.preprocess(tmp_path / "upright.jpg"),
+                               atol=0.5)  # JPEG noise only; a wrong orientation would differ by far more
+
+
+@pytest.mark.parametrize("logits", [[0.0, 0.0, 0.0], [1000.0, 0.0, -1000.0], [-3.5, 2.25, 7.0]])
+def test_softmax_is_stable_and_sums_to_one(logits):
+    p = softmax(np.array([logits], dtype=np.float32))
+    assert np.isfinite(p).all() and p.sum() == pytest.approx(1, abs=1e-12)
+    assert p.argmax() == int(np.argmax(logits))
+
+
+def _copy(src: Path, dst: Path, *names: str) -> Path:
+    dst.mkdir()
+    for name in names:
+        shutil.copyfile(src / name, dst / name)
+    return dst
+
+
+def _edit_config(folder: Path, **changes) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    for key, value in changes.items():
+        section, _, field = key.partition("__")  # preprocess__crop edits config["preprocess"]["crop"]
+        if field:
+            config[section][field] = value
+        else:
+            config[key] = value
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("names, edit, words", [
+    ((), None, "no model folder"),
+    (("export.pkl",), None, "python -m training convert"),
+    (("model.onnx",), None, "no config.json"),
+    (("config.json",), None, "no model.onnx"),
+    (("model.onnx", "config.json"), lambda f: (f / "config.json").write_text("{labels:"), "not valid JSON"),
+    (("model.onnx", "config.json"), lambda f: (f / "model.onnx").write_bytes(b"not onnx"), "onnxruntime can"),
+    (("model.onnx", "config.json"), lambda f: _edit_config(f, labels=["circle", "square"]), "outputs 3 scores"),
+    (("model.onnx", "config.json"), lambda f: _edit_config(f, labels=["a", "a", "b"]), "distinct"),
+    (("model.onnx", "config.json"), lambda f: _edit_config(f, preprocess__crop=32), "[N, 3, 32, 32]"),
+    (("model.onnx", "config.json"), lambda f: _edit_config(f, preprocess__resize_mode="pad"), "resize_mode"),
+    (("model.onnx", "config.json"), lambda f: _edit_config(f, format_version=2), "format_version 2"),
+])
+def test_broken_folders_raise_model_folder_error(tiny_model, tmp_path, names, edit, words):
+    folder = _copy(tiny_model.folder, tmp_path / "m", *names) if names else tmp_path / "missing"
+    if edit:
+        edit(folder)
+    with pytest.raises(ModelFolderError) as err:
+        Classifier.from_folder(folder)
+    assert words in str(err.value)
+    assert isinstance(err.value, ValueError)
+
+
+def _load_with_cache(folder: Path, cache: Path, monkeypatch) -> Classifier:
+    monkeypatch.setenv("ORT_CACHE_DIR", str(cache))
+    return Classifier.from_folder(folder)
+
+
+def test_the_optimized_model_is_cached_and_answers_the_same(tiny_model, image_file, tmp_path, monkeypatch):
+    folder = _copy(tiny_model.folder, tmp_path / "m", "model.onnx", "config.json")
+    cold = _load_with_cache(folder, tmp_path / "cache", monkeypatch)
+    cached = list((tmp_path / "cache").glob("*.onnx"))
+    assert len(cached) == 1 and not list((tmp_path / "cache").glob("*.part"))
+    assert cold.session._model_path == str(cached[0])  # loaded from the optimized copy, not model.onnx
+    written = cached[0].stat()
+    warm = _load_with_cache(folder, tmp_path / "cache", monkeypatch)
+    assert list((tmp_path / "cache").glob("*.onnx")) == cached
+    assert (cached[0].stat().st_ino, cached[0].stat().st_mtime_ns) == (written.st_ino, written.st_mtime_ns)  # reused
+    assert warm.classify(image_file) == pytest.approx(cold.classify(image_file), abs=1e-6)
+    # ...and the same answer as onnxruntime optimizing model.onnx itself, the usual way
+    plain = Classifier(ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"]),
+                       json.loads((folder / "config.json").read_text()))
+    assert warm.classify(image_file) == pytest.approx(plain.classify(image_file), abs=1e-6)
+
+
+def test_a_changed_model_file_is_optimized_afresh(tiny_model, tmp_path, monkeypatch):
+    folder = _copy(tiny_model.folder, tmp_path / "m", "model.onnx", "config.json")
+    _load_with_cache(folder, tmp_path / "cache", monkeypatch)
+    before = list((tmp_path / "cache").glob("*.onnx"))
+    os.utime(folder / "model.onnx", ns=(1, 1))  # as a re-export or a new download would
+    again = _load_with_cache(folder, tmp_path / "cache", monkeypatch)
+    after = list((tmp_path / "cache").glob("*.onnx"))
+    assert len(after) == 1 and after != before  # optimized afresh, and the stale copy is gone: no pile-up
+    assert again.session._model_path == str(after[0])
+    other = _copy(tiny_model.folder, tmp_path / "other", "model.onnx", "config.json")
+    _load_with_cache(other, tmp_path / "cache", monkeypatch)  # another model folder keeps its own copy
+    assert len(list((tmp_path / "cache").glob("*.onnx"))) == 2
+
+
+def test_an_unwritable_cache_still_loads_the_model(tiny_model, image_file, tmp_path, monkeypatch, caplog):
+    folder = _copy(tiny_model.folder, tmp_path / "m", "model.onnx", "config.json")
+    (tmp_path / "file").write_text("a file where the cache folder should be")
+    clf = _load_with_cache(folder, tmp_path / "file" / "cache", monkeypatch)
+    assert clf.session._model_path == str(folder / "model.onnx")
+    assert sum(clf.classify(image_file).values()) == pytest.approx(1)
+    assert "no optimized copy" in caplog.text
+
+
+def test_a_damaged_optimized_copy_is_dropped_and_the_model_still_loads(tiny_model, image_file, tmp_path, monkeypatch,
+                                                                       caplog):
+    folder = _copy(tiny_model.folder, tmp_path / "m", "model.onnx", "config.json")
+    expected = _load_with_cache(folder, tmp_path / "cache", monkeypatch).classify(image_file)
+    [cached] = (tmp_path / "cache").glob("*.onnx")
+    cached.write_bytes(cached.read_bytes()[:1000])  # cut short, as a full disk or a crash could leave it
+    clf = _load_with_cache(folder, tmp_path / "cache", monkeypatch)
+    assert clf.classify(image_file) == pytest.approx(expected, abs=1e-6)
+    assert not cached.exists() and "dropping the unreadable optimized model" in caplog.text
+    _load_with_cache(folder, tmp_path / "cache", monkeypatch)
+    assert cached.exists()  # and the next start writes it again

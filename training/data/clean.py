@@ -1,0 +1,145 @@
+"""Verify, normalise and deduplicate images into data/<name>/images/<label>/<content-hash>.jpg.
+
+Part of `python -m training data`. Every image is fully decoded (Pillow's verify() misses truncation),
+made upright RGB by the same function the app applies to uploads, shrunk, and saved as JPEG under a
+hash of its pixels, so the same picture always lands on the same name and reruns change nothing.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import imagehash
+from tqdm import tqdm
+
+from serving.imaging import ImageRejected, open_upright_rgb, resize_longest
+from training.config import Config
+from training.data.manifest import Row
+from training.data.decisions import ReviewLog
+
+log = logging.getLogger(__name__)
+JPEG_QUALITY = 92  # visually lossless; these files are training data, not thumbnails
+
+
+@dataclass(frozen=True)
+class Source:
+    """An image to clean: a downloaded raw file or one of the person's own files."""
+    label: str
+    url: str
+    path: Path
+
+
+@dataclass
+class _Decoded:
+    index: int
+    source: Source
+    jpeg: bytes  # encoded now, so a big dataset is held as ~50 KB files, not decoded pixels
+    byte_digest: str
+    pixel_digest: str
+    phash: int
+    dhash: int
+
+
+def clean_images(sources: list[Source], data_dir: Path, cfg: Config, review: ReviewLog | None = None) -> list[Row]:
+    """Decode, normalise and deduplicate `sources`; write the keepers; return one manifest row each.
+
+    `review` holds the decisions of `python -m training review` (DATA/review.csv): an image a reviewer
+    deleted stays in trash/, a relabelled one is written under its new label.
+    """
+    rows: list[Row | None] = [None] * len(sources)
+    decoded: list[_Decoded] = []
+    for i, src in enumerate(tqdm(sources, desc="clean", unit="img", leave=False, disable=None)):
+        try:
+            decoded.append(_decode(i, src, cfg))
+        except ImageRejected as exc:
+            log.debug("rejected %s (%s): %s", src.url, exc.reason, exc)
+            rows[i] = Row(src.label, src.url, "rejected", exc.reason, "")
+    groups = _group_same_images(decoded, cfg.near_duplicate_distance)
+    for group in groups:
+        for i, row in _judge_group(group).items():
+            rows[i] = row
+    if review is not None:
+        rows = review.apply(rows)  # type: ignore[arg-type]
+    _write_kept({rows[d.index].file: d.jpeg for d in decoded if rows[d.index].status == "kept"}, data_dir)
+    return rows  # type: ignore[return-value]
+
+
+def _decode(index: int, src: Source, cfg: Config) -> _Decoded:
+    data = src.path.read_bytes()
+    img = resize_longest(open_upright_rgb(data, max_pixels=cfg.max_pixels, min_side=cfg.min_side), cfg.max_side)
+    pixels = hashlib.sha256(f"{img.size}".encode() + img.tobytes()).hexdigest()
+    out = io.BytesIO()
+    img.save(out, "JPEG", quality=JPEG_QUALITY)
+    return _Decoded(index, src, out.getvalue(), hashlib.sha256(data).hexdigest(), pixels,
+                    int(str(imagehash.phash(img)), 16), int(str(imagehash.dhash(img)), 16))
+
+
+def _group_same_images(decoded: list[_Decoded], max_distance: int) -> list[list[_Decoded]]:
+    """Cluster images that are the same picture: equal pixels, or perceptual hashes within max_distance.
+
+    Both a DCT hash (phash) and a gradient hash (dhash) must agree: a resized or recompressed copy is
+    close in both, while flat, simple pictures can share one of them by chance.
+    """
+    parent = list(range(len(decoded)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for a in range(len(decoded)):
+        for b in range(a + 1, len(decoded)):
+            da, db = decoded[a], decoded[b]
+            if da.pixel_digest == db.pixel_digest or (
+                    (da.phash ^ db.phash).bit_count() <= max_distance and (da.dhash ^ db.dhash).bit_count() <= max_distance):
+                parent[root(b)] = root(a)
+    groups: dict[int, list[_Decoded]] = {}
+    for i, d in enumerate(decoded):
+        groups.setdefault(root(i), []).append(d)
+    return list(groups.values())
+
+
+def _judge_group(group: list[_Decoded]) -> dict[int, Row]:
+    """Keep the first of a group; a group spread over two labels teaches a contradiction, so drop it all."""
+    if len({d.source.label for d in group}) > 1:
+        return {d.index: Row(d.source.label, d.source.url, "rejected", "same_image_in_two_labels", "") for d in group}
+    first, *rest = group
+    kept_file = _kept_path(first)
+    verdicts = {first.index: Row(first.source.label, first.source.url, "kept", "", kept_file)}
+    for d in rest:
+        reason = ("same_bytes" if d.byte_digest == first.byte_digest
+                  else "same_pixels" if d.pixel_digest == first.pixel_digest else "near_duplicate")
+        verdicts[d.index] = Row(d.source.label, d.source.url, "duplicate", reason, kept_file)
+    return verdicts
+
+
+def _kept_path(d: _Decoded) -> str:
+    return f"images/{d.source.label}/{d.pixel_digest[:16]}.jpg"
+
+
+def _write_kept(kept: dict[str, bytes], data_dir: Path) -> None:
+    """Write new keepers ({path under data_dir: JPEG}) atomically; move files no longer kept to trash/."""
+    wanted = {data_dir / file for file in kept}
+    for file, jpeg in kept.items():
+        target = data_dir / file
+        if target.exists():
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".part")
+        try:
+            tmp.write_bytes(jpeg)
+            tmp.replace(target)
+        finally:
+            tmp.unlink(missing_ok=True)
+    images = data_dir / "images"
+    for stale in sorted(images.glob("*/*")) if images.is_dir() else []:
+        if stale not in wanted:
+            dest = data_dir / "trash" / stale.relative_to(data_dir)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(stale, dest)
+            log.info("moved %s to %s: no longer kept by this run", stale, dest)

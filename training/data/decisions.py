@@ -1,0 +1,157 @@
+"""DATA/review.csv: every decision `python -m training review` made, which reruns of `data` honour.
+
+Its format lives in the data stage, which replays it on every rerun; the review page only appends to it.
+
+    python -m training review models/bears --data data/bears    # writes data/bears/review.csv
+    python -m training data ...                                 # reads it: deleted images stay deleted
+
+Each row is one change: `time,action,original,before,after`, paths relative to DATA. `original` names the
+image by where cleaning first put it (images/<label>/<hash>.jpg), and stays its name for good. `action`
+is keep, delete or relabel, or undo, which reverses the latest change not yet undone. The file only
+grows, so it is also the audit trail. Replaying it gives each image's place now; `apply` rewrites
+manifest rows to match, which the review page does after every change and the clean stage does on every
+rerun. That is why a rerun of `data` keeps review decisions.
+"""
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import astuple, dataclass, fields, replace
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+
+from training.data.manifest import Row
+from training.errors import StageError
+
+LOG_NAME = "review.csv"
+ACTIONS = ("keep", "delete", "relabel", "undo")
+TRASH = "trash"
+
+
+@dataclass(frozen=True)
+class Change:
+    """One decision: the image first kept at `original` went from `before` to `after`."""
+    time: str  # ISO 8601, UTC
+    action: str  # one of ACTIONS
+    original: str
+    before: str
+    after: str
+
+    @property
+    def timestamp(self) -> float:
+        return datetime.fromisoformat(self.time).timestamp()
+
+
+FIELDS = [f.name for f in fields(Change)]
+
+
+def now() -> str:
+    """The time stamp written with a change."""
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def label_of(path: str) -> str:
+    """The label an image path puts it under: images/<label>/x.jpg or trash/images/<label>/x.jpg."""
+    return PurePosixPath(path).parent.name
+
+
+def in_trash(path: str) -> bool:
+    return PurePosixPath(path).parts[0] == TRASH
+
+
+class ReviewLog:
+    """The changes in review.csv, in order, and what they add up to."""
+
+    def __init__(self, changes: list[Change]):
+        self.changes = list(changes)
+        self._check()
+
+    def active(self, until: float | None = None) -> list[Change]:
+        """The changes in force (made, not undone), oldest first; only those made by `until` if given."""
+        stack: list[Change] = []
+        for c in self.changes:
+            if until is not None and c.timestamp > until:
+                break
+            if c.action == "undo":
+                stack.pop()
+            else:
+                stack.append(c)
+        return stack
+
+    def places(self, until: float | None = None) -> dict[str, str]:
+        """{original: where the image is} for every image a change in force moved or kept."""
+        return {c.original: c.after for c in self.active(until)}
+
+    def reviewed(self) -> set[str]:
+        """The originals with a change in force."""
+        return {c.original for c in self.active()}
+
+    def names(self) -> dict[str, str]:
+        """{any path an image has had: its original}, so a manifest row can be traced to its image."""
+        found: dict[str, str] = {}
+        for c in self.changes:
+            found.update({c.original: c.original, c.before: c.original, c.after: c.original})
+        return found
+
+    def with_change(self, change: Change) -> "ReviewLog":
+        return ReviewLog([*self.changes, change])
+
+    def apply(self, rows: list[Row]) -> list[Row]:
+        """Manifest rows with every decision in force: images moved, removed or confirmed by a reviewer."""
+        names, places, reviewed = self.names(), self.places(), self.reviewed()
+        out = []
+        for row in rows:
+            original = names.get(row.file)
+            out.append(row if original is None else
+                       _row_now(row, original, places.get(original, original), original in reviewed))
+        return out
+
+    def _check(self) -> None:
+        """Raise StageError unless every action is known and every undo reverses the change it pops."""
+        stack: list[Change] = []
+        for n, c in enumerate(self.changes, start=2):  # line 1 is the header
+            if c.action not in ACTIONS:
+                raise StageError(f"{LOG_NAME} line {n}: unknown action {c.action!r}; it should be one of "
+                                 f"{', '.join(ACTIONS)}. Fix or remove that line")
+            if c.action != "undo":
+                stack.append(c)
+            elif not stack or (stack[-1].original, stack[-1].after, stack[-1].before) != (
+                    c.original, c.before, c.after):
+                raise StageError(f"{LOG_NAME} line {n} undoes a change that isn't the latest one in force; "
+                                 "remove that line")
+            else:
+                stack.pop()
+
+
+def _row_now(row: Row, original: str, place: str, reviewed: bool) -> Row:
+    """The manifest row of the image first kept at `original`, now at `place`."""
+    if row.status == "duplicate":
+        return replace(row, file=place)  # a duplicate points at the copy that was kept, wherever it went
+    if row.status != "kept" and row.reason != "removed_by_review":
+        return row  # not the image's own row: cleaning dropped that input for a reason of its own
+    if in_trash(place):
+        return Row(label_of(place), row.url, "rejected", "removed_by_review", place)
+    reason = "relabelled" if place != original else "kept_by_review" if reviewed else ""
+    return Row(label_of(place), row.url, "kept", reason, place)
+
+
+def read_log(data_dir: Path) -> ReviewLog:
+    """The review log of a data folder; empty when nobody has reviewed it."""
+    path = data_dir / LOG_NAME
+    if not path.is_file():
+        return ReviewLog([])
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames != FIELDS:
+            raise StageError(f"{path} should have the columns {','.join(FIELDS)}, it has {reader.fieldnames}; "
+                             "restore it from a backup, or move it away to forget every review decision")
+        return ReviewLog([Change(**row) for row in reader])
+
+
+def log_text(log: ReviewLog) -> str:
+    """review.csv's contents for a log."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(FIELDS)
+    writer.writerows(astuple(c) for c in log.changes)
+    return out.getvalue()

@@ -1,0 +1,157 @@
+"""The data stage: labels (or a URL list, folder or archive) in, a clean labelled image folder out.
+
+    python -m training data --labels grizzly black teddy --query "{label} bear"
+
+Writes data/<name>/images/<label>/<hash>.jpg, manifest.csv (one row per input URL or file: kept,
+duplicate, rejected or failed, and why) and summary.json. Rerunning reuses the search cache and
+every finished download, so it does no network work twice, and keeps the decisions made with
+`python -m training review` (review.csv): what a reviewer deleted or relabelled stays that way.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from training.data.clean import Source, clean_images
+from training.config import DEFAULT_LABELS, Config
+from training.data.download import download_all
+from training.errors import StageError
+from training.data.manifest import Row, check_label, count_rows, write_manifest
+from training.data.decisions import read_log
+from training.data.lock import LOCK_NAME, DataLock
+from training.data.search import SearchEngine, search_images
+from training.data.sources import archive_items, folder_items, input_fingerprint, read_url_list
+
+log = logging.getLogger(__name__)
+
+
+def build_dataset(cfg: Config, engine: SearchEngine | None = None, allow_address=None) -> dict:
+    """Gather, download and clean images into cfg.data_dir; return the summary written to summary.json."""
+    new = not cfg.data_dir.exists()
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        # A review page open on this folder moves images too; one writer at a time, or each undoes the other.
+        with DataLock(cfg.data_dir, "python -m training data"):
+            return _build(cfg, engine, allow_address)
+    except BaseException:
+        if new:  # refused before anything was fetched (a missing --urls file, say): leave no empty folder behind
+            _remove_if_only_lock(cfg.data_dir)
+        raise
+
+
+def _remove_if_only_lock(data_dir: Path) -> None:
+    if [p.name for p in data_dir.iterdir()] == [LOCK_NAME]:
+        (data_dir / LOCK_NAME).unlink()
+        data_dir.rmdir()
+
+
+def _build(cfg: Config, engine: SearchEngine | None, allow_address) -> dict:
+    data_dir = cfg.data_dir
+    inputs_seen = input_fingerprint(cfg.urls, cfg.from_folder)  # before reading: an edit during the run counts
+    review = read_log(data_dir)  # decisions made with `python -m training review`, kept on every rerun
+    inputs = _gather_inputs(cfg, engine)
+    labels = _labels(cfg, inputs)
+    rows: list[Row | None] = [None] * len(inputs)
+    unique = _mark_repeated_urls(inputs, rows)
+
+    urls = [(i, label, ref) for i, (label, ref, is_url) in enumerate(inputs) if i in unique and is_url]
+    fetched = download_all([(label, ref) for _, label, ref in urls], data_dir, cfg, allow_address=allow_address)
+    sources: list[tuple[int, Source]] = []
+    for (i, label, ref), got in zip(urls, fetched):
+        if got.status == "ok":
+            sources.append((i, Source(label, ref, data_dir / got.file)))
+        else:
+            rows[i] = Row(label, ref, got.status, got.reason, "")
+    sources += [(i, Source(label, ref, Path(ref))) for i, (label, ref, is_url) in enumerate(inputs)
+                if i in unique and not is_url]
+    for (i, _), row in zip(sources, clean_images([s for _, s in sources], data_dir, cfg, review)):
+        rows[i] = row
+
+    write_manifest(rows, data_dir / "manifest.csv")  # type: ignore[arg-type]
+    cfg.write(data_dir / "settings.json", inputs=inputs_seen)  # how this folder was made, and from what
+    summary = _summarise(rows, labels, cfg)  # type: ignore[arg-type]
+    (data_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _log_summary(summary, data_dir)
+    _check_enough(summary, cfg)
+    return summary
+
+
+def _gather_inputs(cfg: Config, engine: SearchEngine | None) -> list[tuple[str, str, bool]]:
+    """(label, URL or path, is_url) for every input, in order; search only when nothing else is given."""
+    for label in cfg.labels:  # before searching for them
+        check_label(label)
+    pairs: list[tuple[str, str, bool]] = []
+    if cfg.urls:
+        pairs += [(label, url, True) for label, url in read_url_list(cfg.urls, cfg.labels)]
+    if cfg.from_folder:
+        pairs += [(label, path, False) for label, path in folder_items(cfg.from_folder, cfg.labels)]
+    if cfg.archive:
+        pairs += [(label, path, False) for label, path in archive_items(cfg.archive, cfg.data_dir, cfg.labels)]
+    if not (cfg.urls or cfg.from_folder or cfg.archive):
+        found = search_images(cfg, engine)
+        pairs = [(label, url, True) for label, urls in found.items() for url in urls]
+    for label in {p[0] for p in pairs}:  # labels a CSV, folder or archive brought in
+        check_label(label)
+    return pairs
+
+
+def _labels(cfg: Config, inputs: list[tuple[str, str, bool]]) -> list[str]:
+    if cfg.labels:
+        return list(cfg.labels)
+    if not (cfg.urls or cfg.from_folder or cfg.archive):
+        return list(DEFAULT_LABELS)
+    return list(dict.fromkeys(label for label, _, _ in inputs))
+
+
+def _mark_repeated_urls(inputs: list[tuple[str, str, bool]], rows: list[Row | None]) -> set[int]:
+    """Row a repeat of the same (label, URL) as a duplicate; return the indexes of first occurrences."""
+    first: dict[tuple[str, str], int] = {}
+    for i, (label, ref, _) in enumerate(inputs):
+        if (label, ref) in first:
+            rows[i] = Row(label, ref, "duplicate", "same_url", "")
+        else:
+            first[(label, ref)] = i
+    return set(first.values())
+
+
+def _summarise(rows: list[Row], labels: list[str], cfg: Config) -> dict:
+    counts = count_rows(rows, labels)
+    return {
+        "name": cfg.name,
+        "source": _describe_source(cfg),
+        **counts,
+        "settings": {k: cfg.to_json()[k] for k in ("max_images", "min_side", "max_side", "near_duplicate_distance")},
+    }
+
+
+def _describe_source(cfg: Config) -> str:
+    # Names, not full paths: the summary travels into config.json and the published model card.
+    given = [f"{flag} {value if str(value).startswith(('http://', 'https://')) else Path(value).name}"
+             for flag, value in (("urls", cfg.urls), ("folder", cfg.from_folder), ("archive", cfg.archive)) if value]
+    return "; ".join(given) if given else f"image search (ddgs): {cfg.query!r}"
+
+
+def _log_summary(summary: dict, data_dir: Path) -> None:
+    log.info("%-20s %6s %6s %9s %8s %6s", "label", "found", "kept", "duplicate", "rejected", "failed")
+    for label, c in summary["labels"].items():
+        log.info("%-20s %6d %6d %9d %8d %6d", label, c["found"], c["kept"], c["duplicate"], c["rejected"], c["failed"])
+    t = summary["total"]
+    log.info("data: %d of %d images kept in %s (manifest.csv says why for the rest)",
+             t["kept"], t["found"], data_dir / "images")
+
+
+# Loopback and private-network URLs are refused by default: a URL list from a stranger must not reach them.
+PRIVATE_HINT = " (private and loopback addresses are refused; --allow-private-urls is for testing)"
+
+
+def _check_enough(summary: dict, cfg: Config) -> None:
+    short = {label: c["kept"] for label, c in summary["labels"].items() if c["kept"] < cfg.min_per_label}
+    if short:
+        listed = ", ".join(f"{label!r} kept {n}" for label, n in short.items())
+        reasons = ", ".join(f"{reason} ({n})" for reason, n in list(summary["reasons"].items())[:3])
+        hint = PRIVATE_HINT if "rejected:private_address" in summary["reasons"] else ""
+        raise StageError(
+            f"too few images after cleaning: {listed} (need --min-per-label {cfg.min_per_label}). "
+            f"The commonest reasons: {reasons or 'none recorded'}{hint}; {cfg.data_dir / 'manifest.csv'} has one "
+            "row per image. Add images with --max-images, --urls or --from-folder, then rerun")
