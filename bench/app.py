@@ -1,13 +1,13 @@
 """Benchmark: our app.py against the course's app (load_learner + learn.predict in a gr.Interface), same model.
 
-    python -m bench.app                 # resnet18 at 224 px; about a minute on 2 cores
+    python -m bench.app                 # resnet18 at 224 px
 
 In one run it starts each app as its own process on loopback and measures, with plain httpx:
 process start → first prediction served; single-client latency; throughput with 8 concurrent clients;
 and the process's peak resident memory. Both go through the same Gradio HTTP API (/gradio_api/call/predict);
 our JSON endpoint (/classify) is measured too. Each app runs with the packages its Space has (see
 bench.common.as_deployed), and ours starts cold, as a Space does after a restart: with an empty cache for
-the model that onnxruntime optimizes for this CPU (serving/model.py). Targets against the course app:
+the model that onnxruntime optimizes for this CPU (serving/ort_cache.py). Targets against the course app:
 start ≤ 0.45×, peak RSS ≤ 0.35×, throughput ≥ 2.5×.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from bench.common import as_deployed, gradio_predict, model_folder, peak_rss_mb, photo_jpeg, wait_until
+from bench.common import as_deployed, gradio_predict, machine, model_folder, peak_rss_mb, photo_jpeg, wait_until
 from tests.live_app import ROOT, free_port
 
 
@@ -98,7 +98,7 @@ def main() -> None:
 
 
 def _report(arch: str, ours: dict, course: dict, clients: int) -> None:
-    print(f"\n{arch}, 500x375 JPEG, same model, this machine ({os.cpu_count()} cores)")
+    print(f"\n{arch}, 500x375 JPEG, same model; {machine()}")
     print(f"{'':34} {'ours':>10} {'course':>10} {'ratio':>8}  target")
     rows = [("start → first prediction (s)", "start_s", "≤ 0.45"), ("peak RSS (MB)", "peak_rss_mb", "≤ 0.35"),
             ("latency, 1 client (ms)", "latency_ms", ""), (f"throughput, {clients} clients (req/s)", "rps", "≥ 2.5")]

@@ -7,6 +7,8 @@ downloaded here).
 from __future__ import annotations
 
 import io
+import os
+import platform
 import sys
 import time
 from pathlib import Path
@@ -37,8 +39,8 @@ def model_folder(arch: str = "resnet18", size: int = 224) -> Path:
 def photo_jpeg(width: int, height: int, seed: int = 0, noise: float = 18) -> bytes:
     """A JPEG with photo-like content (smooth gradients plus noise), so its size and decode cost are realistic.
 
-    Decoding cost follows file size. At 12 MP, noise=8 gives 3.1 MB, a typical phone photo (2-4 MB);
-    the default 18 gives 5.6 MB, a grainy low-light one.
+    Decoding cost follows file size. At 12 MP, noise=8 gives the size of a typical phone photo; the default
+    18 a larger file, like a grainy low-light one (bench/inference.py prints the sizes).
     """
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
@@ -53,7 +55,7 @@ def as_deployed(script: str) -> list[str]:
     """The command that runs `script` (app.py or bench/course_app.py) with the packages its Space would have.
 
     IPython is on this development machine but in neither Space's requirements (requirements.txt; fastai and
-    gradio for the course app), and Gradio imports it at start-up whenever it is installed: ~0.4 s and ~20 MB
+    gradio for the course app), and Gradio imports it at start-up whenever it is installed: time and memory
     that no deployed app pays. So both apps run with it hidden.
     """
     code = (f"import runpy, sys; sys.modules['IPython'] = None; sys.argv = [{script!r}]; "
@@ -68,6 +70,26 @@ def gradio_predict(client: httpx.Client, url: str, image: bytes, api: str = "pre
     if "event: complete" not in stream:
         raise RuntimeError(f"prediction failed: {stream[:300]}")
     return httpx.Response(200, content=stream.split("data:", 1)[1].strip()).json()[0]
+
+
+# The CPU features that decide how fast the forward pass runs (onnxruntime picks its kernels by them).
+KERNEL_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimd", "asimddp", "i8mm")
+
+
+def machine() -> str:
+    """The CPU model, its core count and the kernel-relevant flags: print it with every figure."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model in ("", platform.machine()):
+                model = value.strip()
+            elif key.strip() in ("flags", "Features"):
+                flags.update(value.split())
+    except OSError:
+        pass
+    shown = " ".join(f for f in KERNEL_FLAGS if f in flags) or "none of " + " ".join(KERNEL_FLAGS)
+    return f"CPU: {model}, {os.cpu_count()} cores; flags: {shown}"
 
 
 def wait_until(predicate, timeout: float, every: float = 0.05) -> float:

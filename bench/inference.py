@@ -3,8 +3,8 @@
     python -m bench.inference [--runs 30] [--archs resnet18 resnet34]
 
 For each arch (224 px; weights from bench.common's one-epoch model, since timing does not depend on
-them) and for a 500x375 JPEG and two 12 MP (4032x3024) ones, a typical 3.1 MB phone photo and a grainy
-5.6 MB one, prints the median ms/image after warm-up of:
+them) and for a 500x375 JPEG and two 12 MP (4032x3024) ones, the size of a typical phone photo and of a
+grainy one (their sizes are printed), prints the median ms/image after warm-up of:
   predict   load_learner + learn.predict(path)             (the course app)
   onnx      serving.model.Classifier.classify(path)       (decode + preprocess + forward + softmax)
   forward   the onnxruntime forward pass alone on an already preprocessed input
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import model_folder, photo_jpeg
+from bench.common import machine, model_folder, photo_jpeg
 
 # name: (width, height, noise); see bench.common.photo_jpeg
 IMAGES = {"500x375": (500, 375, 18), "12MP": (4032, 3024, 8), "12MP-grain": (4032, 3024, 18)}
@@ -50,8 +50,8 @@ def median_ms(fns: dict, runs: int, rounds: int = 3) -> dict[str, float]:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def bench_arch(arch: str, images: dict[str, Path], runs: int) -> list[dict]:
-    """ms/image of predict, onnx, forward and preprocess for each image, for one arch."""
+def bench_arch(arch: str, images: dict[str, Path], runs: int, cache: Path) -> list[dict]:
+    """ms/image of predict, onnx, forward and preprocess for each image, for one arch; `cache`: onnxruntime's."""
     from fastai.learner import load_learner
 
     from serving.model import Classifier
@@ -60,7 +60,7 @@ def bench_arch(arch: str, images: dict[str, Path], runs: int) -> list[dict]:
     with warnings.catch_warnings():  # fastai's warning about pickles: this one is bench.common's own model
         warnings.filterwarnings("ignore", message="load_learner` uses Python's insecure pickle")
         learn = load_learner(folder / "export.pkl")
-    clf = Classifier.from_folder(folder)
+    clf = Classifier.from_folder(folder, cache_dir=cache)  # as the app loads it: from the optimized copy
     rows = []
     for name, path in images.items():
         x = clf.preprocess(path)[None]
@@ -104,14 +104,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     import torch
 
-    print(f"torch threads {torch.get_num_threads()}, numpy {np.__version__}")
+    print(f"{machine()}; torch threads {torch.get_num_threads()}, numpy {np.__version__}")
     with tempfile.TemporaryDirectory() as tmp:
         images = {}
         for name, (w, h, noise) in IMAGES.items():
             images[name] = Path(tmp) / f"{name}.jpg"
             images[name].write_bytes(photo_jpeg(w, h, noise=noise))
             print(f"{name}: {images[name].stat().st_size / 1e6:.2f} MB JPEG")
-        rows = [row for arch in args.archs for row in bench_arch(arch, images, args.runs)]
+        rows = [row for arch in args.archs for row in bench_arch(arch, images, args.runs, Path(tmp) / "ort-cache")]
     return 0 if report(rows) else 1
 
 

@@ -1,7 +1,7 @@
 """Load test: app.py under 16, 32 and 64 concurrent clients on loopback, in a bounded run.
 
-    python -m bench.load                          # resnet18 at 224 px; about a minute on 2 cores
-    python -m bench.load --workers 2              # the same app under `uvicorn app:app --workers 2`
+    python -m bench.load                          # resnet18 at 224 px
+    python -m bench.load --workers 2              # the same app under `uvicorn app:build_app --factory --workers 2`
 
 Starts the app as its own process (a model folder from bench.common.model_folder). For each API and each
 level, that many clients, each with its own plain httpx connection, send --per-client requests one after
@@ -10,14 +10,13 @@ call, read the result, as bench.common.gradio_predict does). Every request carri
 real visitors' do, so Gradio's content-addressed upload cache sees every upload.
 
 Per level it prints: throughput of answered requests, p50 and p99 latency of those, errors, the share turned
-away by a queue limit (our /classify answers 503 "busy" after 10 s waiting; Gradio's queue answers 503
-"Queue is full" past max_size) with the message clients got, and the app's resident memory (RSS, all its
+away by a queue limit (our /classify answers 503 "busy" past its busy timeout; Gradio's queue answers 503
+"Queue is full" past its size) with the message clients got, and the app's resident memory (RSS, all its
 processes) and upload cache before and after.
 """
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import model_folder, photo_jpeg
+from bench.common import machine, model_folder, photo_jpeg
 from tests.live_app import LiveApp
 
 LEVELS = (16, 32, 64)
@@ -154,7 +153,7 @@ def cache_size(folder: Path) -> tuple[int, float]:
 def _command(workers: int, port: int) -> list[str] | None:
     if workers == 1:
         return None  # `python app.py`, as the Space runs it
-    return [sys.executable, "-m", "uvicorn", "app:app", "--host", "127.0.0.1", "--port", str(port),
+    return [sys.executable, "-m", "uvicorn", "app:build_app", "--factory", "--host", "127.0.0.1", "--port", str(port),
             "--workers", str(workers), "--timeout-keep-alive", "5"]
 
 
@@ -167,7 +166,8 @@ def main() -> None:
                         help="/classify, Gradio's API, or both")
     parser.add_argument("--rounds", type=int, default=1,
                         help="run the levels this many times: memory that keeps growing round after round is a leak")
-    parser.add_argument("--workers", type=int, default=1, help="run `uvicorn app:app --workers N` instead of app.py")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="run `uvicorn app:build_app --factory --workers N` instead of app.py")
     parser.add_argument("--arch", default="resnet18", help="model the app serves (resnet18/34/50)")
     args = parser.parse_args()
     folder, photos = model_folder(args.arch), Photos()
@@ -179,8 +179,8 @@ def main() -> None:
         with app:
             for api in apis:  # warm up each path, so the first level's figures are not start-up costs
                 run_level(calls[api], app.url, 2, 2, photos)
-            print(f"\n{args.arch}, 500x375 JPEG, {args.per_client} requests per client, this machine "
-                  f"({os.cpu_count()} cores), {args.workers} server process{'es' if args.workers > 1 else ''}")
+            print(f"\n{args.arch}, 500x375 JPEG, {args.per_client} requests per client, {machine()}, "
+                  f"{args.workers} server process{'es' if args.workers > 1 else ''}")
             print(f"{'api':7} {'clients':>7} {'req':>5} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} "
                   f"{'busy':>6} {'RSS MB before→after':>20} {'upload cache':>18}")
             for api in apis:

@@ -1,6 +1,6 @@
 """Training throughput on a GPU: resnet18, mixed precision, the training stage's own data pipeline.
 
-    python -m bench.train_gpu                # on a CUDA machine: ~900 generated images, 2 epochs, ~1 min
+    python -m bench.train_gpu                # on a CUDA machine: ~900 generated images, 2 epochs
     python -m bench.train_gpu --cpu-smoke    # anywhere: tiny settings, only checks that the script runs
 
 Generates a synthetic dataset (coloured shapes, JPEGs), builds the same DataLoaders and Learner as
@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from fastai.callback.core import Callback
 
+from bench.common import machine
 from tests.tiny_model import SHAPES, draw_shape
 from training.config import Config
 from training.train.stage import build_dataloaders, build_learner
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     settings = SMOKE if args.cpu_smoke else {k: getattr(args, k) for k in SMOKE}
     cuda = torch.cuda.is_available()
-    print(f"device: {torch.cuda.get_device_name(0) if cuda else 'CPU'}; torch {torch.__version__}, "
+    print(f"device: {torch.cuda.get_device_name(0) if cuda else 'CPU'}; {machine()}; torch {torch.__version__}, "
           f"CUDA {torch.version.cuda if cuda else '-'}; settings {settings}")
     if not cuda and not args.cpu_smoke:
         print("no CUDA device: this is the GPU benchmark; use --cpu-smoke to just check it runs")

@@ -95,7 +95,7 @@ def _open_checked(source: ImageSource, max_pixels: int, draft_size: tuple[int, i
                 img.draft("RGB", draft_size)
             img.seek(0)  # first frame of an animation
             # The bytes are all in memory: hand them to the decoder at once rather than in Pillow's 64 KB
-            # reads, each of which makes libjpeg suspend and resume (~1 ms on a 3 MB photo; same pixels).
+            # reads, each of which makes libjpeg suspend and resume (same pixels, sooner).
             img.decodermaxblock = max(len(data), img.decodermaxblock)
             img.load()
     except ImageRejected:

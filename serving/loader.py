@@ -4,21 +4,20 @@
     MODEL_DIR=models/cats python app.py                             # a local model folder
     python app.py                                                   # models/bears, what `train` writes
 
-The Hub is reached only here and in the publishing code.
+The settings come from serving/settings.py. The Hub is reached only here and in the publishing code.
 """
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Protocol
+from typing import Protocol
 
 from serving.imaging import ImageSource
 from serving.model import Classifier, ModelFolderError
+from serving.settings import Settings
 
 log = logging.getLogger(__name__)
-DEFAULT_FOLDER = Path("models/bears")  # where `python -m training train` writes with its defaults
 SERVING_FILES = ["model.onnx", "config.json", "examples/*"]
 
 
@@ -49,19 +48,19 @@ class NoModel(RuntimeError):
     """No model could be found or loaded; the message says how to get one."""
 
 
-def load_model(env: Mapping[str, str] = os.environ) -> Loaded:
-    """Load the model named by MODEL_REPO (+ MODEL_REVISION), else MODEL_DIR, else the default folder."""
-    if env.get("MODEL_REPO"):
-        repo, revision = env["MODEL_REPO"], env.get("MODEL_REVISION") or "main"
+def load_model(settings: Settings) -> Loaded:
+    """Load the model in settings.model_repo (at model_revision), else the one in settings.model_dir."""
+    if settings.model_repo:
+        repo, revision = settings.model_repo, settings.model_revision
         folder = _download(repo, revision)
-        return Loaded(_open(folder), folder, f"{repo}@{_short(folder, revision)}")
-    folder = Path(env.get("MODEL_DIR") or DEFAULT_FOLDER)
+        return Loaded(_open(folder, settings.ort_cache_dir), folder, f"{repo}@{_short(folder, revision)}")
+    folder = settings.model_dir
     if not folder.exists():
         raise NoModel(
             f"no model to serve: {folder} does not exist. Train one with `python -m training all` "
             "(or `python -m training train`), or set MODEL_DIR=<model folder> or MODEL_REPO=<user/repo> "
             "(with MODEL_REVISION=<commit sha>)")
-    return Loaded(_open(folder), folder, str(folder))
+    return Loaded(_open(folder, settings.ort_cache_dir), folder, str(folder))
 
 
 def _download(repo: str, revision: str) -> Path:
@@ -88,10 +87,10 @@ def _short(folder: Path, revision: str) -> str:
     return folder.name[:7] if len(folder.name) == 40 else revision
 
 
-def _open(folder: Path) -> Model:
+def _open(folder: Path, cache_dir: Path) -> Model:
     if (folder / "model.onnx").exists() or not (folder / "export.pkl").exists():
         try:
-            return Classifier.from_folder(folder)
+            return Classifier.from_folder(folder, cache_dir)
         except ModelFolderError as exc:
             raise NoModel(str(exc)) from exc
     from serving.fastai_model import FastaiModel, fastai_available

@@ -13,11 +13,9 @@ the identity), so there is nothing else to reproduce.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -27,6 +25,7 @@ import onnxruntime as ort
 from PIL import Image
 
 from serving.imaging import ImageSource, open_upright_rgb
+from serving.ort_cache import ORT_ERRORS, PROVIDERS, cached_session
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +36,6 @@ RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.B
 # "squish": resize the whole image to resize x resize (fastai RandomResizedCrop and Resize(method="squish")).
 # "crop": cut the largest centred square first, then resize (fastai Resize's default method="crop").
 RESIZE_MODES = ("squish", "crop")
-PROVIDERS = ["CPUExecutionProvider"]
 CONVERT_HINT = "run `python -m training convert {pkl} --out {folder}` to write model.onnx and config.json"
 
 
@@ -87,9 +85,9 @@ class Preprocess:
     def draft_size(self) -> tuple[int, int]:
         """Smallest JPEG decode that still leaves the resize something to shrink.
 
-        Decoding at 1/2, 1/4 or 1/8 scale averages each block of pixels in the DCT, so nothing aliases;
-        on 12 MP photos the model's input stays within 2 levels of 255 of a full decode either way, and
-        1/8 (which this allows for a 224 px model) decodes ~15% faster than 1/4 (bench/inference.py).
+        Decoding at 1/2, 1/4 or 1/8 scale averages each block of pixels in the DCT, so nothing aliases and
+        the model's input stays within a few levels of 255 of a full decode; the smallest scale allowed is
+        the fastest to decode (bench/inference.py).
         """
         return (self.resize, self.resize)
 
@@ -116,7 +114,7 @@ class Preprocess:
 def _exact_box(size: tuple[int, int], resize: int, margin: int, crop: int) -> tuple[float, ...] | None:
     """The box of `size` whose resize to crop x crop gives exactly the centre of the whole resize, or None.
 
-    Resizing only the centre the model sees skips a quarter of the work at 224 px (crop 224 of 256).
+    Resizing only the centre the model sees skips the margin the crop drops (a quarter of the pixels at 224 of 256).
     Pillow places each output pixel's filter at box_start + (i + 0.5) * box_width / out_size, in float32
     box coordinates and double arithmetic. That equals the whole resize's (i + margin + 0.5) * width / resize
     bit for bit when width / resize is exact in binary: resize a power of two (the default 256), and box
@@ -150,11 +148,15 @@ class Classifier:
         _check_io(session, self.labels, self._pre.crop, folder)
 
     @classmethod
-    def from_folder(cls, path: str | os.PathLike, threads: int | None = None) -> "Classifier":
-        """Load `model.onnx` and `config.json` from a model folder, or raise ModelFolderError."""
+    def from_folder(cls, path: str | os.PathLike, cache_dir: Path | None = None) -> "Classifier":
+        """Load `model.onnx` and `config.json` from a model folder, or raise ModelFolderError.
+
+        With a `cache_dir`, the model is loaded from this machine's optimized copy there, written first if
+        missing (serving/ort_cache.py); without one, it is optimized in memory and nothing is written.
+        """
         folder = Path(path)
         config = read_config(folder)
-        clf = cls(_session(folder / "model.onnx", threads), config, folder)
+        clf = cls(_session(folder / "model.onnx", cache_dir), config, folder)
         log.info("loaded %s: %d labels, %dpx input", folder, len(clf.labels), clf.input_size)
         return clf
 
@@ -221,98 +223,29 @@ def _check_files(folder: Path) -> None:
     raise ModelFolderError(f"{folder} has no {' or '.join(missing)}; {fix}")
 
 
-def _session(path: Path, threads: int | None) -> ort.InferenceSession:
-    """A session for the model at `path`, loaded from this machine's optimized copy of it when there is one.
-
-    onnxruntime's graph optimizations (fusions, and the NCHWc layout that makes convolutions ~1.6x faster
-    here) leave ~90 MB behind in the process for resnet18, more than the optimized model then needs. So they
-    run once per machine, on a throwaway session that writes the result, and the app loads that with
-    optimizations off: onnxruntime's "offline" mode.
-    """
-    cached = _optimized_copy(path)
-    if cached:
-        try:
-            return ort.InferenceSession(str(cached), sess_options=_options(threads, optimize=False),
-                                        providers=PROVIDERS)
-        except Exception as exc:  # a damaged copy: drop it, and optimize in memory this time
-            log.warning("dropping the unreadable optimized model %s (%s)", cached, exc)
-            cached.unlink(missing_ok=True)
+def _session(path: Path, cache_dir: Path | None) -> ort.InferenceSession:
+    """A session for the model at `path`: from this machine's optimized copy in `cache_dir` when it has one
+    (serving/ort_cache.py says why), else optimized in memory."""
+    session = cached_session(path, cache_dir, _options(optimize=False)) if cache_dir is not None else None
+    if session is not None:
+        return session
     try:
-        return ort.InferenceSession(str(path), sess_options=_options(threads, optimize=True), providers=PROVIDERS)
-    except Exception as exc:  # onnxruntime raises its own untyped errors (Fail, InvalidGraph, ...)
+        return ort.InferenceSession(str(path), sess_options=_options(optimize=True), providers=PROVIDERS)
+    except ORT_ERRORS as exc:
         raise ModelFolderError(f"{path} is not a model onnxruntime can load ({exc}); re-export the model folder "
                                "with `python -m training train` or `python -m training convert`") from exc
 
 
-def _options(threads: int | None, optimize: bool) -> ort.SessionOptions:
+def _options(optimize: bool) -> ort.SessionOptions:
     opts = ort.SessionOptions()
     # One request at a time uses every core for the convolutions; a second pool would only contend.
-    opts.intra_op_num_threads = threads or _cpu_count()
+    opts.intra_op_num_threads = _cpu_count()
     opts.inter_op_num_threads = 1
-    # Pool threads spin while they wait for work (onnxruntime's default), taking CPU that a server's own
-    # request handling needs. Off: 5-7% more predictions a second through Gradio's API on 2 cores
-    # (bench/app.py), for ~3% on one image alone (bench/inference.py).
+    # Waiting pool threads spin by default, taking CPU the server's own request handling needs (bench/app.py).
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
                                      else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     return opts
-
-
-def _optimized_copy(path: Path) -> Path | None:
-    """This machine's optimized copy of the model at `path`, written now if missing; None if it can't be.
-
-    The copy suits this CPU and onnxruntime version only, and this very file: all of them are in its name.
-    A new copy replaces the older ones of the same path (a re-export, a new download), so the cache holds
-    one model's worth per model folder, however often it is retrained.
-    """
-    folder = None
-    try:
-        stat = path.stat()
-        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino,
-               ort.__version__, _cpu_flags())
-        folder = _cache_folder()
-        same_path = hashlib.sha256(key[0].encode()).hexdigest()[:12]
-        cached = folder / f"{same_path}-{hashlib.sha256(repr(key).encode()).hexdigest()[:24]}.onnx"
-        if cached.exists():
-            return cached
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd, partial = tempfile.mkstemp(dir=folder, suffix=".part")  # a name of its own, even across containers
-        os.close(fd)
-        try:
-            opts = _options(1, optimize=True)
-            opts.optimized_model_filepath = partial
-            opts.log_severity_level = 3  # not its warning that the result suits this machine only: it is keyed
-            ort.InferenceSession(str(path), sess_options=opts, providers=PROVIDERS)
-            with open(partial, "rb") as written:
-                os.fsync(written.fileno())
-            os.replace(partial, cached)  # whole or absent, even with two processes starting at once
-        finally:
-            Path(partial).unlink(missing_ok=True)
-        for stale in folder.glob(f"{same_path}-*.onnx"):  # a session already loaded from one has read it whole
-            if stale != cached:
-                stale.unlink(missing_ok=True)
-        return cached
-    except Exception as exc:  # a read-only or full disk, no home folder, or a model onnxruntime can't load
-        log.warning("no optimized copy of %s in %s (%s); optimizing it in memory", path, folder, exc)
-        return None
-
-
-def _cache_folder() -> Path:
-    """$ORT_CACHE_DIR, else serving-ort in the user's cache folder: private, unlike a shared /tmp, where
-    another user could leave a model of their own under the expected name."""
-    if os.environ.get("ORT_CACHE_DIR"):
-        return Path(os.environ["ORT_CACHE_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "serving-ort"
-
-
-def _cpu_flags() -> str:
-    """What the CPU can do, from /proc/cpuinfo ("flags" on x86, "Features" on ARM), else the platform."""
-    try:
-        return next(line for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith(("flags", "Features")))
-    except (OSError, StopIteration):
-        import platform
-        return platform.processor() or platform.machine()
 
 
 def _cpu_count() -> int:

@@ -33,7 +33,7 @@ TRUE_PARAMS = (3.0, 2.0)  # the lesson's line, y = 3x + 2
 START = (-1.0, 1.0)  # the lesson's first guess: a line sloping the wrong way
 MAX_POINTS = 10_000
 MAX_NOISE = 1_000.0  # far past anything useful, and well inside what float64 squares without overflow
-MAX_STEPS = 200_000  # about 3 s of CPU: one request can't hold a worker of a 2-core Space for long
+MAX_STEPS = 200_000  # a few seconds of CPU: one request can't hold a worker of a 2-core Space for long
 EXPLODED = 1e6  # a loss this many times the starting loss is heading for overflow: stop there
 
 CONVERGED = "converged"

@@ -22,7 +22,7 @@ LEARNING_RATES = [0.0001, 0.001, 0.01, 0.03, 0.1, 0.3, 0.5, 1.0, 1.5, 3.0]
 ALL_POINTS = "all points"
 BATCH_SIZES = [ALL_POINTS, "1", "5", "10", "25", "50"]
 DEFAULTS = dict(n_points=100, noise=0.5, learning_rate=0.1, batch_size=10, epochs=10)
-FRAMES = 20  # frames per animation: enough to see the line swing, about 3 s of rendering on 2 cores
+FRAMES = 20  # frames per animation: enough to see the line swing, few enough to render in a few seconds
 LINE_COLOUR, POINT_COLOUR, TRUE_COLOUR = "#d9480f", "#1c7ed6", "#868e96"
 
 INTRO = """### Watch a model learn
@@ -74,8 +74,8 @@ def build_sgd_tab(page: gr.Blocks) -> None:
                              info="Drag to go back and forth through training.")
             verdict = gr.Markdown(_markdown(start))
     gr.Markdown(WORDS)
-    # The settings of the run on screen, not the run: a run is cheap to recompute (seeded, under a
-    # second), and a gr.State would make the page stateful, so each visitor's browser would hold a
+    # The settings of the run on screen, not the run: a run is cheap to recompute (seeded), and a
+    # gr.State would make the page stateful, so each visitor's browser would hold a
     # heartbeat connection to one server process and replicas could no longer share the load.
     shown = gr.JSON(DEFAULTS, visible=False)
     train.click(_animate, inputs, [plot, step, verdict, shown], api_visibility="private")
@@ -212,11 +212,10 @@ def _equation(a1: float, a2: float) -> str:
 
 def _figure(run: Run, step: int):
     """The points with the line at `step`, next to the loss curve up to it (a matplotlib Figure)."""
-    from matplotlib.figure import Figure  # imported on first use: it adds half a second to the app's start
+    from matplotlib.figure import Figure  # imported on first use: it would slow the app's start
 
     fig = Figure(figsize=(10, 3.8))
-    # Fixed margins rather than layout="constrained": that measures every tick label first, and doubled the
-    # time a frame takes, which the animation pays 20-odd times.
+    # Fixed margins, not layout="constrained": that measures every tick label first, slowing every frame.
     fig.subplots_adjust(left=0.06, right=0.99, bottom=0.13, top=0.92, wspace=0.18)
     left, right = fig.subplots(1, 2)
     _draw_points(left, run, step)

@@ -1,4 +1,4 @@
-"""The web pieces app.py puts together: visitor-friendly errors, a safe image input, the JSON endpoint.
+"""The web pieces app.py puts together: visitor-friendly errors, the JSON endpoint, the request body cap.
 
     curl -F file=@bear.jpg http://localhost:7860/classify
     {"label": "grizzly", "confidences": {"grizzly": 0.97, "black": 0.02, "teddy": 0.01}}
@@ -6,24 +6,21 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import logging
 
-import gradio as gr
-from gradio import processing_utils
-from gradio_client import utils as client_utils
 from fastapi import FastAPI, File, UploadFile
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from gradio_client import utils as client_utils
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
 from serving.imaging import MAX_PIXELS, ImageRejected
 from serving.loader import Model
+from serving.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +35,9 @@ MESSAGES = {
     "too_many_pixels": f"That image has too many pixels (over {MAX_PIXELS // 1_000_000} megapixels). "
                        "Please upload a smaller photo.",
     "too_large": "That file is too big. Please upload a smaller photo.",
+    "too_costly": "That image is built in a way that would take this demo too long to read (for example thousands "
+                  "of layers or embedded profiles). Please upload an ordinary photo.",
+    "blank": "That image is blank: one flat colour, with nothing to recognise. Please upload a photo.",
     "url": "This demo doesn't fetch images from links. Download the image, then upload the file.",
     "busy": "The demo is busy right now. Please try again in a moment.",
     "internal": "Something went wrong on our side. Please try again.",
@@ -45,46 +45,14 @@ MESSAGES = {
     "method": "/classify takes a POST. " + HOW_TO_SEND,
 }
 STATUS = {"empty": 400, "not_image": 415, "truncated": 422, "corrupt": 422, "too_many_pixels": 413,
-          "too_large": 413, "url": 400, "busy": 503, "internal": 500, "no_file": 400, "method": 405}
+          "too_large": 413, "too_costly": 422, "blank": 422, "url": 400, "busy": 503, "internal": 500, "no_file": 400,
+          "method": 405}
 HEADERS = {"busy": {"Retry-After": "1"}, "method": {"Allow": "POST"}}
 
 
 def visitor_message(exc: ImageRejected) -> str:
     """A sentence for the visitor about why their upload was refused."""
     return MESSAGES.get(exc.reason, MESSAGES["not_image"])
-
-
-class UploadedImage(gr.Image):
-    """gr.Image that hands the uploaded file to the model as it came.
-
-    Gradio's own preprocessing opens every upload with Pillow and re-saves anything not RGB, turning
-    transparent pixels black. serving.imaging prepares images the way training did and refuses bad files
-    with a sentence for the visitor, so that step is skipped: it would only decode the image twice.
-    """
-
-    is_template = True  # render with gr.Image's front end
-
-    def preprocess(self, payload):
-        if payload is None:
-            return None
-        if not (payload.url or "").startswith("data:"):
-            return payload.path  # an upload: Gradio has checked that (app.py sets has_launched)
-        # An API client sent the image inline, as a data: URL. Kept byte for byte: Gradio's own decoding
-        # would re-save it as lossy WebP.
-        try:
-            raw = base64.b64decode(payload.url.partition(",")[2], validate=True)
-        except binascii.Error:
-            log.info("refused an upload: bad base64")
-            raise gr.Error(MESSAGES["not_image"], print_exception=False) from None
-        return processing_utils.save_bytes_to_cache(raw, "inline.img", cache_dir=self.GRADIO_CACHE)
-
-    async def async_move_resource_to_block_cache(self, url_or_file_path):
-        # An API call may name a URL instead of sending the image. Gradio would fetch it whole, into memory,
-        # however large: a public demo should not download for strangers. Uploads and inline images only.
-        if client_utils.is_http_url_like(str(url_or_file_path or "")):
-            log.info("refused an upload: a URL")
-            raise gr.Error(MESSAGES["url"], print_exception=False)
-        return await super().async_move_resource_to_block_cache(url_or_file_path)
 
 
 class Prediction(BaseModel):
@@ -97,10 +65,11 @@ class ErrorBody(BaseModel):
     reason: str
 
 
-def json_api(model: Model, max_bytes: int, max_concurrent: int = 4) -> FastAPI:
-    """A FastAPI app with `POST /classify` (multipart `file`) → {"label", "confidences"}."""
+def json_api(model: Model, settings: Settings) -> FastAPI:
+    """A FastAPI app with `POST /classify` (multipart `file`) → {"label", "confidences"}, in `settings`' limits."""
     app = FastAPI(title="Image classifier", description=f"Labels: {', '.join(model.labels)}")
-    slots = asyncio.Semaphore(max_concurrent)
+    slots = asyncio.Semaphore(settings.concurrency)
+    max_bytes = settings.max_upload_bytes
 
     @app.exception_handler(RequestValidationError)
     async def no_file(request, exc):  # FastAPI's own answer, {"detail": [...]}, is not the documented ErrorBody
@@ -125,7 +94,7 @@ def json_api(model: Model, max_bytes: int, max_concurrent: int = 4) -> FastAPI:
         if len(data) > max_bytes:
             return _error("too_large")
         try:  # bounded: past this wait, say busy instead of queueing forever
-            await asyncio.wait_for(slots.acquire(), timeout=10)
+            await asyncio.wait_for(slots.acquire(), timeout=settings.busy_timeout)
         except TimeoutError:
             return _error("busy")
         try:
@@ -147,7 +116,7 @@ class BodyLimit:
     """ASGI middleware: refuse a request body over `max_bytes` as it arrives, with the `too_large` ErrorBody.
 
     Without it, Starlette writes a whole multipart upload to a temporary file before /classify can look at
-    its size (a 2 GB body took 12 s and 2 GB of disk to refuse), and Gradio's API takes an inline, base64
+    its size (so a huge body took time and as much disk to refuse), and Gradio's API takes an inline, base64
     image of any size.
     """
 

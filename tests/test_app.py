@@ -7,7 +7,7 @@ import math
 import socket
 import subprocess
 import sys
-from pathlib import Path
+import time
 
 import httpx
 import numpy as np
@@ -17,6 +17,7 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 from serving.model import Classifier
+from serving.settings import Settings
 from serving.web import MESSAGES
 from tests.live_app import ROOT, LiveApp, gradio_call
 from tests.tiny_model import half_transparent
@@ -275,11 +276,39 @@ def test_internal_details_stay_in_the_server_log(live, tmp_path, image_server):
 
 
 def test_serving_path_imports_neither_torch_nor_fastai(tiny_model):
-    code = "import sys, app; bad = {'torch', 'fastai'} & set(sys.modules); assert not bad, bad; print(app.model.labels)"
+    code = ("import sys, app; api = app.build_app(); bad = {'torch', 'fastai'} & set(sys.modules); "
+            "assert not bad, bad; print(api.description)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
                          env={**LiveApp({}).env, "MODEL_DIR": str(tiny_model.folder)})
     assert out.returncode == 0, out.stderr
     assert "circle" in out.stdout
+
+
+def test_importing_app_only_defines_things(tmp_path):
+    """No model, no Gradio, no thread and no environment read until build_app() or main() is called."""
+    code = ("import sys, threading, app; assert 'gradio' not in sys.modules, 'gradio imported'; "
+            "assert threading.active_count() == 1, threading.enumerate(); print(app.build_app.__name__)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env={**LiveApp({}).env, "MODEL_DIR": str(tmp_path / "nowhere"), "MAX_UPLOAD_MB": "abc"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "build_app"
+
+
+def test_build_app_serves_with_the_settings_it_is_given(tiny_model, example, tmp_path, monkeypatch):
+    """Passed down, never re-read: what the environment says meanwhile changes nothing."""
+    from starlette.testclient import TestClient
+
+    import app
+
+    settings = Settings(model_dir=tiny_model.folder, max_upload_mb=1, ort_cache_dir=tmp_path / "ort")
+    for name in ("MODEL_DIR", "MAX_UPLOAD_MB", "ORT_CACHE_DIR", "APP_CONCURRENCY"):
+        monkeypatch.setenv(name, "not used")
+    client = TestClient(app.build_app(settings))
+    r = client.post("/classify", files={"file": example.open("rb")})
+    assert r.status_code == 200 and set(r.json()["confidences"]) == {"circle", "square", "triangle"}
+    big = example.read_bytes() + b"\0" * 1_100_000  # over 1 MB, under the 10 MB default
+    assert client.post("/classify", files={"file": ("big.jpg", big)}).json()["reason"] == "too_large"
+    assert list((tmp_path / "ort").glob("*.onnx"))  # the optimized copy went where the settings said
 
 
 def test_no_model_exits_with_what_to_do(tmp_path):
@@ -287,3 +316,29 @@ def test_no_model_exits_with_what_to_do(tmp_path):
                          env={**LiveApp({}).env, "MODEL_DIR": str(tmp_path / "nowhere")})
     assert out.returncode != 0
     assert "python -m training all" in out.stderr and "MODEL_REPO" in out.stderr
+
+
+@pytest.mark.parametrize("name, value", [("MAX_UPLOAD_MB", "abc"), ("GRADIO_SERVER_PORT", "70000"),
+                                         ("APP_CONCURRENCY", "0")])
+def test_a_bad_setting_exits_with_a_sentence(tiny_model, name, value):
+    out = subprocess.run([sys.executable, "app.py"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env={**LiveApp({}).env, "MODEL_DIR": str(tiny_model.folder), name: value})
+    assert out.returncode == 1
+    assert out.stderr.strip().startswith(f"app.py: {name}={value!r} is not usable: it takes ")
+    assert "Traceback" not in out.stderr
+
+
+def test_uvicorn_runs_the_app_factory_with_several_workers(tiny_model, example):
+    """`uvicorn app:build_app --factory --workers 2`: each worker builds the app; /classify answers."""
+    command = [sys.executable, "-m", "uvicorn", "app:build_app", "--factory", "--workers", "2"]
+    app = LiveApp({"MODEL_DIR": str(tiny_model.folder)}, command=command)
+    app.command += ["--host", "127.0.0.1", "--port", str(app.port)]
+    with app:  # ready once one worker answers; the other may still be building its app
+        deadline = time.monotonic() + 120
+        while app.log.count("Application startup complete") < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert app.log.count("Application startup complete") == 2, app.log[-3000:]
+        for _ in range(4):
+            r = httpx.post(app.url + "/classify", files={"file": example.open("rb")}, timeout=30)
+            assert r.status_code == 200, r.text
+        assert app.log.count("loaded ") == 2  # each worker logs, as `python app.py` does: build_app() set it up

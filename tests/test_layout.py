@@ -148,7 +148,8 @@ def test_each_rule_catches_a_planted_import(tmp_path, files, expected):
 
 def test_later_stages_may_import_earlier_ones(tmp_path):
     files = {"training/review/a.py": "from training.train.b import x\nfrom training.data.c import y",
-             "training/hub/d.py": "from training.train.b import x", "training/train/b.py": "from training.data import c",
+             "training/hub/d.py": "from training.train.b import x",
+             "training/train/b.py": "from training.data import c",
              "training/data/c.py": "from training.config import Config", "training/config.py": ""}
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)

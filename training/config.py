@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from serving.imaging import MAX_PIXELS
+
 # The lesson's example: grizzly, black and teddy bears, searched as "<label> bear".
 DEFAULT_LABELS = ("grizzly", "black", "teddy")
 
@@ -43,7 +45,7 @@ class Config:
     # --- data: clean -----------------------------------------------------------------------
     min_side: int = 64
     max_side: int = 512  # training crops 224px; 512 leaves room for RandomResizedCrop
-    max_pixels: int = 40_000_000
+    max_pixels: int = MAX_PIXELS  # the app's own cap: a training image is one the app would take
     near_duplicate_distance: int = 4  # perceptual-hash bits; resized/recompressed copies differ by 0-2
     min_per_label: int = 10
 

@@ -19,8 +19,8 @@ import sys
 from pathlib import Path
 
 from training.config import Config
-from training.errors import StageError
 from training.data.sources import input_fingerprint
+from training.errors import StageError
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]  # where app.py lives

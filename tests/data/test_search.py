@@ -8,8 +8,8 @@ import pytest
 from ddgs.exceptions import DDGSException, TimeoutException
 
 from training.config import Config
-from training.errors import StageError
 from training.data.search import ddgs_engine, search_images
+from training.errors import StageError
 
 
 class CannedEngine:

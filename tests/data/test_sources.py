@@ -12,8 +12,8 @@ import zipfile
 import pytest
 from PIL import Image
 
-from training.errors import StageError
 from training.data.sources import archive_items, folder_items, read_url_list
+from training.errors import StageError
 
 
 def _jpeg(colour) -> bytes:

@@ -8,9 +8,9 @@ import pytest
 from PIL import Image
 
 from training.config import Config
+from training.data.manifest import read_manifest
 from training.data.stage import build_dataset
 from training.errors import StageError
-from training.data.manifest import read_manifest
 
 # (label, path on the image server, expected status, expected reason)
 CASES = [

@@ -12,12 +12,12 @@ import pytest
 
 from tests.tiny_model import make_images
 from training.config import Config
+from training.data.decisions import ReviewLog, read_log
+from training.data.manifest import STATUSES, count_rows, read_manifest
 from training.data.stage import build_dataset
 from training.errors import StageError
-from training.data.manifest import STATUSES, count_rows, read_manifest
 from training.review.actions import DataFolder
 from training.review.state import draw_split, open_review, trained_on
-from training.data.decisions import ReviewLog, read_log
 
 
 @pytest.fixture

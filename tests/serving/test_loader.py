@@ -9,17 +9,24 @@ import pytest
 from serving.fastai_model import FastaiModel
 from serving.loader import NoModel, load_model
 from serving.model import Classifier
+from serving.settings import Settings
 
 
-def test_a_model_folder_is_served_with_onnx(tiny_model):
-    loaded = load_model({"MODEL_DIR": str(tiny_model.folder)})
+def _settings(tmp_path, folder) -> Settings:
+    return Settings(model_dir=folder, ort_cache_dir=tmp_path / "ort-cache")
+
+
+def test_a_model_folder_is_served_with_onnx_from_the_settings_cache_folder(tiny_model, tmp_path):
+    loaded = load_model(_settings(tmp_path, tiny_model.folder))
     assert isinstance(loaded.model, Classifier) and loaded.source == str(tiny_model.folder)
     assert loaded.examples and loaded.error_rate == loaded.model.config["metrics"]["error_rate"]
+    [cached] = (tmp_path / "ort-cache").glob("*.onnx")  # the optimized copy the app starts from
+    assert loaded.model.session._model_path == str(cached)
 
 
 def test_a_folder_with_only_export_pkl_is_served_through_fastai(tiny_model, tmp_path, capsys):
     shutil.copy(tiny_model.folder / "export.pkl", tmp_path / "export.pkl")
-    loaded = load_model({"MODEL_DIR": str(tmp_path)})
+    loaded = load_model(_settings(tmp_path, tmp_path))
     assert isinstance(loaded.model, FastaiModel)
     onnx = Classifier.from_folder(tiny_model.folder)
     capsys.readouterr()
@@ -36,13 +43,13 @@ def test_no_model_says_how_to_get_one(tmp_path, make):
     if make == "empty":
         folder.mkdir()
     with pytest.raises(NoModel, match="python -m training"):
-        load_model({"MODEL_DIR": str(folder)})
+        load_model(_settings(tmp_path, folder))
 
 
 def test_export_pkl_without_fastai_installed_points_to_convert(tiny_model, tmp_path, monkeypatch):
     shutil.copy(tiny_model.folder / "export.pkl", tmp_path / "export.pkl")
     monkeypatch.setitem(sys.modules, "fastai", None)  # what the Space's requirements.txt gives: no fastai
     with pytest.raises(NoModel) as err:
-        load_model({"MODEL_DIR": str(tmp_path)})
+        load_model(_settings(tmp_path, tmp_path))
     assert "needs fastai" in str(err.value)
     assert f"python -m training convert {tmp_path / 'export.pkl'}" in str(err.value)

@@ -9,7 +9,6 @@ import sys
 import types
 
 import cloudpickle
-
 import fastai
 import numpy as np
 import pytest
@@ -22,8 +21,8 @@ from torchvision.models import resnet18
 
 from serving.model import Classifier
 from tests.tiny_model import draw_shape
-from training.train.convert import convert
 from training.errors import StageError
+from training.train.convert import convert
 from training.train.stage import build_dataloaders
 
 

@@ -11,7 +11,7 @@ from fastai.learner import load_learner
 from PIL import Image
 
 from training.train.evaluate import (Evaluation, compute_metrics, confusions, diagnose, read_history, report_markdown,
-                                top_losses, write_report)
+                                      top_losses, write_report)
 from training.train.stage import build_dataloaders
 
 

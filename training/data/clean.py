@@ -18,8 +18,8 @@ from tqdm import tqdm
 
 from serving.imaging import ImageRejected, open_upright_rgb, resize_longest
 from training.config import Config
-from training.data.manifest import Row
 from training.data.decisions import ReviewLog
+from training.data.manifest import Row
 
 log = logging.getLogger(__name__)
 JPEG_QUALITY = 92  # visually lossless; these files are training data, not thumbnails

@@ -37,8 +37,8 @@ from tqdm.auto import tqdm
 
 from serving.imaging import sniff_non_image
 from training.config import Config
-from training.errors import StageError
 from training.data.manifest import check_label
+from training.errors import StageError
 
 log = logging.getLogger(__name__)
 

@@ -13,15 +13,15 @@ import json
 import logging
 from pathlib import Path
 
-from training.data.clean import Source, clean_images
 from training.config import DEFAULT_LABELS, Config
-from training.data.download import download_all
-from training.errors import StageError
-from training.data.manifest import Row, check_label, count_rows, write_manifest
+from training.data.clean import Source, clean_images
 from training.data.decisions import read_log
+from training.data.download import download_all
 from training.data.lock import LOCK_NAME, DataLock
+from training.data.manifest import Row, check_label, count_rows, write_manifest
 from training.data.search import SearchEngine, search_images
 from training.data.sources import archive_items, folder_items, input_fingerprint, read_url_list
+from training.errors import StageError
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundErro
 
 from training.config import Config
 from training.errors import StageError
-from training.hub.access import (HUB_ERRORS, check_hardware, check_private, check_repo_id, connect, fresh_folder, reason,
-                          status)
+from training.hub.access import (HUB_ERRORS, check_hardware, check_private, check_repo_id, connect, fresh_folder,
+                                 reason, status)
 from training.hub.publish import read_config
 
 log = logging.getLogger(__name__)

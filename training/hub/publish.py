@@ -25,8 +25,8 @@ from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 
 from training.config import Config
 from training.errors import StageError
-from training.train.evaluate import per_class_table
 from training.hub.access import HUB_ERRORS, check_private, check_repo_id, connect, fresh_folder, reason
+from training.train.evaluate import per_class_table
 
 log = logging.getLogger(__name__)
 

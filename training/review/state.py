@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from serving.model import Classifier, ModelFolderError, read_config
+from training.data.decisions import ReviewLog, in_trash, label_of
 from training.errors import StageError
 from training.review.actions import DataFolder, image_files, write_text
-from training.data.decisions import ReviewLog, in_trash, label_of
 
 log = logging.getLogger(__name__)
 

@@ -18,19 +18,17 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
 from fastai.data.transforms import IntToFloatTensor, Normalize
 from fastai.vision.augment import RandomResizedCrop, Resize, ResizeMethod
-from PIL import Image
 
-from serving.model import FORMAT_VERSION, PROVIDERS, Classifier, ModelFolderError, read_config
+from serving.model import FORMAT_VERSION, RESAMPLE, Classifier, ModelFolderError
+from serving.ort_cache import ORT_ERRORS
 from training.errors import StageError
 
 log = logging.getLogger(__name__)
 
-RESAMPLE_NAMES = {Image.Resampling.BILINEAR: "bilinear", Image.Resampling.BICUBIC: "bicubic",
-                  Image.Resampling.NEAREST: "nearest", Image.Resampling.LANCZOS: "lanczos"}
+RESAMPLE_NAMES = {mode: name for name, mode in RESAMPLE.items()}  # the filter's name in config.json
 EXAMPLES_PER_LABEL = 2
 
 
@@ -146,18 +144,17 @@ def _quiet(*names: str):
 def _check_folder(model: torch.nn.Module, out: Path) -> None:
     """Load the folder with the app's Classifier and check the ONNX logits match torch's on the same input.
 
-    Not through Classifier.from_folder: that keeps an optimized copy for the app to start from, keyed by the
-    folder's path, and `train` writes into a staging folder that is moved into place afterwards.
+    With no cache folder: an optimized copy kept now would be keyed to the staging folder `train` writes into,
+    which is moved into place afterwards.
     """
     try:
-        session = ort.InferenceSession(str(out / "model.onnx"), providers=PROVIDERS)
-        clf = Classifier(session, read_config(out), out)
+        clf = Classifier.from_folder(out, cache_dir=None)
     except ModelFolderError as exc:
+        if isinstance(exc.__cause__, ORT_ERRORS):
+            raise StageError(f"the model.onnx just written does not load in onnxruntime ({exc.__cause__}); if the "
+                             f"disk is full, free some space and run again; else torch {torch.__version__} may have "
+                             "exported it wrongly: try another torch version") from exc
         raise StageError(f"the model folder just written does not load: {exc}") from exc
-    except Exception as exc:  # onnxruntime's own errors have no common type
-        raise StageError(f"the model.onnx just written does not load in onnxruntime ({exc}); if the disk is full, "
-                         f"free some space and run again; else torch {torch.__version__} may have exported it "
-                         "wrongly: try another torch version") from exc
     x = np.random.default_rng(0).standard_normal((3, 3, clf.input_size, clf.input_size)).astype(np.float32)
     got = clf.session.run(None, {"input": x})[0]
     with torch.no_grad():

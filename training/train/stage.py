@@ -27,10 +27,10 @@ import torch
 import torchvision.models
 from fastai.callback.core import Callback
 from fastai.callback.progress import CSVLogger
-from fastai.learner import AvgLoss
 from fastai.callback.schedule import valley
 from fastai.data.block import CategoryBlock, DataBlock
 from fastai.data.transforms import Normalize, RandomSplitter, get_image_files, parent_label
+from fastai.learner import AvgLoss
 from fastai.metrics import error_rate
 from fastai.torch_core import set_seed
 from fastai.vision.augment import RandomResizedCrop, aug_transforms
@@ -40,9 +40,9 @@ from fastai.vision.learner import vision_learner
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from training.train import distributed
 from training.config import Config
 from training.errors import StageError
+from training.train import distributed
 from training.train.evaluate import evaluate
 from training.train.export import EXAMPLES_PER_LABEL, export
 
