@@ -3,7 +3,7 @@ second tab, "How training works", that shows stochastic gradient descent fitting
 
     python app.py                                        # http://localhost:7860
     MODEL_REPO=you/bears MODEL_REVISION=<sha> python app.py
-    uvicorn app:build_app --factory --workers 2          # for /classify only: Gradio's queue is per process
+    uvicorn app:build_app --factory --workers 2 --http serving.web:HeaderTimeout   # /classify only (see docs/app.md)
 
 Serves with onnxruntime, numpy and Pillow: no torch, no fastai. Every setting (which model, the limits, the
 address) comes from the environment, read once: see serving/settings.py.
@@ -30,16 +30,21 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     loading = ThreadPoolExecutor(max_workers=1, thread_name_prefix="load-model").submit(load_model, settings)
     from serving.gradio_workarounds import mount
     from serving.page import build_page
-    from serving.web import BodyLimit, json_api
+    from serving.web import BodyLimit, SecurityHeaders, Slots, json_api
 
     try:
         loaded = loading.result()
     except NoModel as exc:
         raise SystemExit(f"app.py: {exc}") from None
-    demo = build_page(loaded, settings)
-    app = mount(json_api(loaded.model, settings), demo, max_file_size=settings.max_upload_bytes)
-    # Every request body is capped as it arrives, not after: an upload, or an image sent inline as base64.
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    # One limit for the page and /classify: at most settings.concurrency images decoded and classified at once.
+    slots = Slots(settings.concurrency)
+    demo = build_page(loaded, settings, slots)
+    app = mount(json_api(loaded.model, settings, slots), demo, max_file_size=settings.max_upload_bytes)
+    # Every request body is capped as it arrives, not after: an upload, or an image sent inline as base64; and it must
+    # keep arriving, or it is cut off.
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, grace=settings.upload_grace,
+                       min_rate=settings.upload_min_bytes_per_s)
+    app.add_middleware(SecurityHeaders, frame_ancestors=settings.frame_ancestors)
     return app
 
 
@@ -48,7 +53,13 @@ def main() -> None:
     import uvicorn
 
     settings = _start_from_env()
-    uvicorn.run(build_app(settings), host=settings.host, port=settings.port, timeout_keep_alive=5)
+    app = build_app(settings)
+    from serving.web import HeaderTimeout  # imported by build_app, which loads the model meanwhile
+
+    # Idle connections closed after 5 s, unfinished request headers after settings.header_timeout; past
+    # settings.max_connections open at once, uvicorn answers 503.
+    uvicorn.run(app, host=settings.host, port=settings.port, timeout_keep_alive=5,
+                http=HeaderTimeout.after(settings.header_timeout), limit_concurrency=settings.max_connections)
 
 
 def _start_from_env() -> Settings:

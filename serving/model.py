@@ -82,12 +82,12 @@ class Preprocess:
         return cls(resize, mode, RESAMPLE[resample], crop, mean, std)
 
     @property
-    def draft_size(self) -> tuple[int, int]:
-        """Smallest JPEG decode that still leaves the resize something to shrink.
+    def shrink_to(self) -> tuple[int, int]:
+        """The smallest size a large image may be decoded or reduced to: the resize still has something to shrink.
 
-        Decoding at 1/2, 1/4 or 1/8 scale averages each block of pixels in the DCT, so nothing aliases and
-        the model's input stays within a few levels of 255 of a full decode; the smallest scale allowed is
-        the fastest to decode (bench/inference.py).
+        A JPEG decoded at 1/2, 1/4 or 1/8 scale averages each block of pixels in the DCT, and other formats
+        are box-reduced, so nothing aliases and the model's input stays within a few levels of 255 of a full
+        decode; the smallest scale allowed is the fastest (bench/inference.py).
         """
         return (self.resize, self.resize)
 
@@ -167,7 +167,7 @@ class Classifier:
 
     def preprocess(self, image: ImageSource) -> np.ndarray:
         """The model's input for one image: float32 [3, S, S], normalised."""
-        return self._pre(open_upright_rgb(image, draft_size=self._pre.draft_size))
+        return self._pre(open_upright_rgb(image, shrink_to=self._pre.shrink_to))
 
     def classify(self, image: ImageSource) -> dict[str, float]:
         """Probabilities for every label, summing to 1."""

@@ -24,6 +24,9 @@ from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
 log = logging.getLogger(__name__)
 
+# And off again, in case the environment turned them on (see serving/__init__.py): a public demo sends nothing.
+ort.disable_telemetry_events()
+
 # What onnxruntime raises when it refuses a model or a file. These share no base class but Exception, which
 # would hide our own bugs too, so they are named (those an older onnxruntime lacks are skipped).
 ORT_ERRORS: tuple[type[Exception], ...] = tuple(getattr(_ort_state, name) for name in (

@@ -51,7 +51,8 @@ class Settings:
     model_dir: Path = _env("MODEL_DIR", Path("models/bears"), "a model folder", Path)
     # Room for any phone photo, while no visitor can make the server hold much more than that per upload.
     max_upload_mb: float = _env("MAX_UPLOAD_MB", 10.0, "a number of megabytes above 0, such as 10", float, _above_zero)
-    # Predictions at a time, page and /classify each: some compute outside the GIL while Python serves the others.
+    # Images decoded and classified at a time, the page and /classify together (one limit, so the worst case is one
+    # number): some compute outside the GIL while Python serves the others.
     concurrency: int = _env("APP_CONCURRENCY", 4, "a whole number of predictions at a time, 1 or more", int,
                             lambda n: n >= 1)
     # Visitors waiting on the page: past that many, the next one is told the demo is busy rather than left waiting.
@@ -63,6 +64,24 @@ class Settings:
     host: str = _env("GRADIO_SERVER_NAME", "0.0.0.0", "an address to listen on, such as 127.0.0.1")
     # Gradio's own variable and default, and the port a Space expects.
     port: int = _env("GRADIO_SERVER_PORT", 7860, "a whole number from 1 to 65535", int, lambda n: 1 <= n <= 65535)
+    # A request's line and headers come in one packet or two; a connection that hasn't sent them in full by then is
+    # closed, so that idle or dribbling connections can't pile up (uvicorn itself waits forever).
+    header_timeout: float = _env("APP_HEADER_TIMEOUT", 5.0, "a number of seconds above 0, such as 5", float,
+                                 _above_zero)
+    # A request body (an upload) must keep coming: after this grace, at upload_min_rate on average, or it is cut off,
+    # so that a client sending a byte at a time can't hold a connection for ever. Room for a slow start on a phone.
+    upload_grace: float = _env("APP_UPLOAD_GRACE", 10.0, "a number of seconds above 0, such as 10", float, _above_zero)
+    # Kilobytes a second, on average since the headers: under a hundredth of a slow 1 Mbit/s link (125 KB/s, on which a
+    # 10 MB photo takes 80 s), so no real upload comes near it, and a body sent a byte at a time is far below it.
+    upload_min_rate: float = _env("APP_UPLOAD_MIN_RATE", 1.0, "a number of kilobytes a second above 0, such as 1",
+                                  float, _above_zero)
+    # Far above what the queue and /classify need at once, below the 1,024 file descriptors a process commonly gets:
+    # past it uvicorn answers 503 to new requests instead of running out of descriptors and memory.
+    max_connections: int = _env("APP_MAX_CONNECTIONS", 512, "a whole number of connections, 1 or more", int,
+                                lambda n: n >= 1)
+    # Set by Hugging Face on a Space, whose page on huggingface.co shows the app in a frame: only there may it be framed
+    # by another site.
+    space_id: str | None = _env("SPACE_ID", None, "a Space id, user/name")
     # A private folder, unlike a shared /tmp where another user could plant a model; from_env honours $XDG_CACHE_HOME.
     ort_cache_dir: Path = _env("ORT_CACHE_DIR", _user_cache, "a folder for onnxruntime's optimized models", Path)
 
@@ -84,6 +103,16 @@ class Settings:
     def max_upload_bytes(self) -> int:
         """The largest upload taken, in bytes (MAX_UPLOAD_MB counts decimal megabytes)."""
         return int(self.max_upload_mb * 1_000_000)
+
+    @property
+    def frame_ancestors(self) -> str:
+        """Who may show the app's pages in a frame (CSP frame-ancestors): the app, and huggingface.co on a Space."""
+        return "'self' https://huggingface.co" if self.space_id else "'self'"
+
+    @property
+    def upload_min_bytes_per_s(self) -> float:
+        """The slowest a request body may come, on average once upload_grace has passed (KB are 1,000 bytes)."""
+        return self.upload_min_rate * 1000
 
     @property
     def max_body_bytes(self) -> int:

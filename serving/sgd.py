@@ -20,11 +20,16 @@ without torch. The words the lesson uses, as they appear here:
 - mini-batch: a random handful of points the gradient is computed on, instead of all of them: each step
   is cheaper and a little noisier. That randomness is the "stochastic" in SGD.
 - epoch: one pass over all points, one mini-batch after another, in a fresh random order each time.
+
+Settings can come from anyone (the app's /sgd API), so every run is bounded before any work is done:
+`check_settings`, which fit_line calls first, refuses with a sentence anything that is not a usable number
+and any run that would take more than MAX_STEPS steps or cost more than MAX_WORK (see `work`).
 """
 from __future__ import annotations
 
 import math
 import numbers
+import reprlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,7 +38,12 @@ TRUE_PARAMS = (3.0, 2.0)  # the lesson's line, y = 3x + 2
 START = (-1.0, 1.0)  # the lesson's first guess: a line sloping the wrong way
 MAX_POINTS = 10_000
 MAX_NOISE = 1_000.0  # far past anything useful, and well inside what float64 squares without overflow
-MAX_STEPS = 200_000  # a few seconds of CPU: one request can't hold a worker of a 2-core Space for long
+# What one run may cost, checked before any work so that no call holds a worker of a 2-core Space for long
+# (measured, with the worst settings both allow); the page's longest run, 500 points in batches of 1 for 50
+# epochs, fits both.
+MAX_STEPS = 25_000  # every step costs Python the same, however few its points: this caps that part
+MAX_WORK = 15_000_000  # point-steps (see work()): caps the numpy part, which grows with the points per step
+MAX_SEED = 2**32 - 1  # plenty of different runs; a bound gives a sentence, not an overflow, for 10**400
 EXPLODED = 1e6  # a loss this many times the starting loss is heading for overflow: stop there
 
 CONVERGED = "converged"
@@ -102,21 +112,69 @@ def gradient(x: np.ndarray, y: np.ndarray, a: np.ndarray) -> np.ndarray:
     return 2.0 / len(y) * (x.T @ (x @ a - y))
 
 
-def fit_line(n_points: int = 100, noise: float = 0.5, learning_rate: float = 0.1, batch_size: int | None = None,
-             epochs: int = 10, seed: int = 0, start=START) -> Run:
-    """Fit a1, a2 to noisy points of y = 3x + 2 by mini-batch SGD; batch_size None means all points."""
-    n_points, batch_size, epochs, seed = _check(n_points, noise, learning_rate, batch_size, epochs, seed, start)
-    points = make_points(n_points, noise, seed)
+@dataclass(frozen=True)
+class Plan:
+    """A run's settings once checked: numbers numpy can use, and what the run will cost."""
+    n_points: int
+    noise: float
+    learning_rate: float
+    batch: int  # points per step: the batch size, or all points for None or a batch larger than the data
+    epochs: int
+    seed: int
+    steps_per_epoch: int
+    steps: int  # planned; fewer are taken when the loss explodes
+    work: int  # work(n_points, batch, steps): at most MAX_WORK
+
+
+def work(n_points: int, batch: int, steps: int) -> int:
+    """A run's cost in point-steps: each step computes the gradient on its batch and the loss on all points."""
+    return steps * (n_points + batch)
+
+
+def check_settings(n_points=100, noise=0.5, learning_rate=0.1, batch_size=None, epochs=10, seed=0) -> Plan:
+    """The settings of fit_line, checked before any work: ValueError with a sentence naming the first bad
+    setting, or the limit the run would pass (MAX_STEPS, MAX_WORK). Any value at all may come in: each
+    setting is checked to be a number, finite, whole where it has to be and within its bounds."""
+    n_points = _whole("n_points", n_points, 2, MAX_POINTS)
+    if not 0 <= _real("noise", noise) <= MAX_NOISE:
+        raise ValueError(f"noise must be between 0 and {MAX_NOISE:g} (it is the spread of the points), "
+                         f"got {describe(noise)}")
+    if _real("learning_rate", learning_rate) <= 0:
+        raise ValueError(f"learning_rate must be above 0 (a step of 0 never moves), got {describe(learning_rate)}")
+    noise, learning_rate = float(noise), float(learning_rate)
+    if batch_size is not None:
+        batch_size = _whole("batch_size", batch_size, 1, hint=" (or None for all points)")
+    epochs = _whole("epochs", epochs, 1, MAX_STEPS)  # every epoch is a step at least
+    seed = _whole("seed", seed, 0, MAX_SEED)
     batch = n_points if batch_size is None else min(batch_size, n_points)  # one batch can't exceed the data
     steps_per_epoch = math.ceil(n_points / batch)
-    if epochs * steps_per_epoch > MAX_STEPS:
-        raise ValueError(f"that is {epochs * steps_per_epoch:,} steps ({epochs} epochs of {steps_per_epoch} "
-                         f"batches), over the limit of {MAX_STEPS:,}: use fewer epochs or a larger batch size")
-    params, loss, batch_loss = _descend(points, np.asarray(start, dtype=float), learning_rate, batch, epochs,
-                                        np.random.default_rng([seed, 1]))  # its own stream: the points stay put
+    steps = epochs * steps_per_epoch
+    if steps > MAX_STEPS:
+        raise ValueError(f"that is {steps:,} steps ({epochs:,} epochs of {steps_per_epoch:,} batches), over the "
+                         f"limit of {MAX_STEPS:,}: use fewer epochs or a larger batch size")
+    cost = work(n_points, batch, steps)
+    if cost > MAX_WORK:
+        raise ValueError(f"that is {cost:,} point-steps of work ({steps:,} steps, each on a batch of {batch:,} and "
+                         f"the loss on all {n_points:,} points), over the limit of {MAX_WORK:,}: use fewer epochs "
+                         f"or fewer points")
+    return Plan(n_points, noise, learning_rate, batch, epochs, seed, steps_per_epoch, steps, cost)
+
+
+def fit_line(n_points: int = 100, noise: float = 0.5, learning_rate: float = 0.1, batch_size: int | None = None,
+             epochs: int = 10, seed: int = 0, start=START) -> Run:
+    """Fit a1, a2 to noisy points of y = 3x + 2 by mini-batch SGD; batch_size None means all points.
+
+    ValueError with a sentence, before any work, for settings check_settings refuses or a bad start."""
+    plan = check_settings(n_points, noise, learning_rate, batch_size, epochs, seed)
+    if np.shape(start) != (2,) or not all(isinstance(v, numbers.Real) and math.isfinite(v) for v in start):
+        raise ValueError(f"start must be two finite numbers (a1, a2), got {describe(start)}")
+    points = make_points(plan.n_points, plan.noise, plan.seed)
+    order = np.random.default_rng([plan.seed, 1])  # the batches' own stream: the points stay put
+    params, loss, batch_loss = _descend(points, np.asarray(start, dtype=float), plan.learning_rate, plan.batch,
+                                        plan.epochs, order)
     best = float(np.mean((points.x @ np.linalg.lstsq(points.x, points.y)[0] - points.y) ** 2))
-    return Run(points, params, loss, batch_loss, best, float(learning_rate), batch, steps_per_epoch,
-               epochs * steps_per_epoch, _verdict(loss, best))
+    return Run(points, params, loss, batch_loss, best, plan.learning_rate, plan.batch, plan.steps_per_epoch,
+               plan.steps, _verdict(loss, best))
 
 
 def _descend(points: Points, a: np.ndarray, lr: float, batch: int, epochs: int, rng: np.random.Generator):
@@ -156,35 +214,51 @@ def _verdict(loss: np.ndarray, best: float) -> str:
     return CONVERGED if progress >= CONVERGED_PROGRESS else NOT_THERE_YET
 
 
-def _check(n_points, noise, learning_rate, batch_size, epochs, seed, start) -> tuple[int, int | None, int, int]:
-    """The whole-number settings as ints; ValueError with a sentence naming the first bad setting."""
-    n_points = _whole("n_points", n_points, 2, MAX_POINTS)
-    _real("noise", noise)
-    if not 0 <= noise <= MAX_NOISE:
-        raise ValueError(f"noise must be between 0 and {MAX_NOISE:g} (it is the spread of the points), got {noise}")
-    _real("learning_rate", learning_rate)
-    if learning_rate <= 0:
-        raise ValueError(f"learning_rate must be above 0 (a step of 0 never moves), got {learning_rate}")
-    if batch_size is not None:
-        batch_size = _whole("batch_size", batch_size, 1, hint=" (or None for all points)")
-    epochs, seed = _whole("epochs", epochs, 1), _whole("seed", seed, 0)
-    if np.shape(start) != (2,) or not all(isinstance(v, numbers.Real) and math.isfinite(v) for v in start):
-        raise ValueError(f"start must be two finite numbers (a1, a2), got {start!r}")
-    return n_points, batch_size, epochs, seed
-
-
-def _real(name: str, value) -> None:
+def _real(name: str, value) -> float:
+    """value as a finite float, or ValueError naming the setting."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value}")
+        raise ValueError(f"{name} must be a number, got {describe(value)}")
+    try:
+        number = float(value)
+    except OverflowError:  # an int past float64's range, such as 10**400
+        raise ValueError(f"{name} must be a number below 1e308, got {describe(value)}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be a finite number, got {describe(value)}")
+    return number
 
 
 def _whole(name: str, value, low: int, high: int | None = None, hint: str = "") -> int:
-    _real(name, value)
-    if value != int(value):
-        raise ValueError(f"{name} must be a whole number, got {value}")
-    if value < low or (high is not None and value > high):
+    """value as an int within low..high, or ValueError naming the setting. 40.0 counts: JSON clients send it."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        whole = int(value)  # exact however large: float() would overflow past 10**308
+    else:
+        number = _real(name, value)
+        if number != int(number):
+            raise ValueError(f"{name} must be a whole number, got {describe(value)}")
+        whole = int(number)
+    if whole < low or (high is not None and whole > high):
         bounds = f"between {low} and {high:,}" if high is not None else f"at least {low}"
-        raise ValueError(f"{name} must be {bounds}{hint}, got {value}")
-    return int(value)
+        raise ValueError(f"{name} must be {bounds}{hint}, got {describe(value)}")
+    return whole
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 40
+_SHORT.maxlist = _SHORT.maxdict = _SHORT.maxtuple = 4
+_SHORT.maxlevel = 2
+
+
+def describe(value) -> str:
+    """A setting as it came, for a sentence: numbers as written, anything else as a short repr.
+
+    A hostile value can be a 400-digit number or a megabyte of text, neither of which belongs in a message,
+    and Python refuses to turn an int of more than 4,300 digits into text at all.
+    """
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and abs(value) >= 10**15:
+        return f"a {'negative ' if value < 0 else ''}number of {int(math.log10(abs(value))) + 1:,} digits"
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return str(value)
+    try:
+        return _SHORT.repr(value)
+    except (ValueError, RecursionError):  # an int of over 4,300 digits inside a list, or nesting too deep
+        return f"a {type(value).__name__}"

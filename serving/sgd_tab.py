@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 
 import gradio as gr
 import numpy as np
 
-from serving.sgd import BARELY_MOVING, CONVERGED, DIVERGING, TRUE_PARAMS, Run, fit_line
+from serving.sgd import BARELY_MOVING, CONVERGED, DIVERGING, TRUE_PARAMS, Run, describe, fit_line
 
 # Spaced roughly ×3 apart, as learning rates are tried in practice, from too low to explode.
 LEARNING_RATES = [0.0001, 0.001, 0.01, 0.03, 0.1, 0.3, 0.5, 1.0, 1.5, 3.0]
 ALL_POINTS = "all points"
 BATCH_SIZES = [ALL_POINTS, "1", "5", "10", "25", "50"]
 DEFAULTS = dict(n_points=100, noise=0.5, learning_rate=0.1, batch_size=10, epochs=10)
+REFUSED = "Can't train with these settings: "
 FRAMES = 20  # frames per animation: enough to see the line swing, few enough to render in a few seconds
 LINE_COLOUR, POINT_COLOUR, TRUE_COLOUR = "#d9480f", "#1c7ed6", "#868e96"
 
@@ -78,8 +80,12 @@ def build_sgd_tab(page: gr.Blocks) -> None:
     # gr.State would make the page stateful, so each visitor's browser would hold a
     # heartbeat connection to one server process and replicas could no longer share the load.
     shown = gr.JSON(DEFAULTS, visible=False)
-    train.click(_animate, inputs, [plot, step, verdict, shown], api_visibility="private")
-    step.input(_show_step, [shown, step], plot, trigger_mode="always_last", api_visibility="private")
+    # Private, but anyone can still call these through Gradio's API. preprocess=False hands them what was
+    # sent as it came, so they answer anything with a sentence: a slider's own preprocess meets a string
+    # with a traceback in the server log, and knows nothing of the work a run costs.
+    train.click(_animate, inputs, [plot, step, verdict, shown], api_visibility="private", preprocess=False)
+    step.input(_show_step, [shown, step], plot, trigger_mode="always_last", api_visibility="private",
+               preprocess=False)
     gr.api(sgd, api_name="sgd")
     page.load(functools.partial(_first_plot, plot), None, plot, api_visibility="private", queue=False)
 
@@ -122,7 +128,7 @@ def _controls() -> list[gr.components.Component]:
 def _animate(n_points, noise, learning_rate, batch, epochs):
     """Train, then yield frames through the run: (plot, step slider, verdict, the run's settings)."""
     settings = dict(n_points=n_points, noise=noise, learning_rate=learning_rate, epochs=epochs,
-                    batch_size=None if batch == ALL_POINTS else int(batch))
+                    batch_size=_batch_size(batch))
     run = _fit(**settings)
     # Spaced geometrically, not evenly: the line moves most in the first steps, and with small batches
     # those are a small share of the run, so even spacing would show a line that is already done.
@@ -134,16 +140,41 @@ def _animate(n_points, noise, learning_rate, batch, epochs):
 
 def _show_step(settings: dict, step: float):
     """The frame at `step` of the run on screen, retrained from its settings."""
+    if not isinstance(settings, dict) or set(settings) != set(DEFAULTS):
+        names = ", ".join(list(DEFAULTS)[:-1]) + f" and {list(DEFAULTS)[-1]}"
+        raise gr.Error(f"{REFUSED}they must be an object of {names}, and nothing else, got {describe(settings)}.",
+                       print_exception=False)
     run = _fit(**settings)
-    return _figure(run, min(int(step), run.steps))
+    if isinstance(step, bool) or not isinstance(step, numbers.Real) or not 0 <= step <= run.steps or step != int(step):
+        raise gr.Error(f"Can't show step {describe(step)}: this run has whole steps from 0 to {run.steps}.",
+                       print_exception=False)
+    return _figure(run, int(step))
+
+
+def _batch_size(batch):
+    """The batch size menu's choice as fit_line takes it: "all points" is None, "10" is 10.
+
+    Anything else the page could not have sent is refused, except a number (or None), which goes to fit_line
+    as /sgd would send it, to be checked there."""
+    if batch == ALL_POINTS:
+        return None
+    if isinstance(batch, str):
+        if batch in BATCH_SIZES:
+            return int(batch)
+        raise gr.Error(f"{REFUSED}batch_size must be one of {', '.join(BATCH_SIZES)}, got {describe(batch)}.",
+                       print_exception=False)
+    return batch
 
 
 def _fit(n_points, noise, learning_rate, batch_size, epochs, seed=0) -> Run:
-    """fit_line, with bad settings turned into a sentence for the visitor."""
+    """fit_line, with bad settings turned into a sentence for the visitor.
+
+    Every handler of the tab that takes settings trains through here, so all are checked the same way,
+    by fit_line's check_settings, before any work: the same types, bounds and limits on the work."""
     try:
         return fit_line(n_points, noise, learning_rate, batch_size, epochs, seed)
     except ValueError as exc:
-        raise gr.Error(f"Can't train with these settings: {exc}.", print_exception=False) from None
+        raise gr.Error(f"{REFUSED}{exc}.", print_exception=False) from None
 
 
 def _finite(value: float) -> float | None:

@@ -35,19 +35,20 @@ class LiveApp:
     """`python app.py` with extra environment, ready once it answers HTTP; its output kept in `.log`."""
 
     def __init__(self, env: dict[str, str], startup_timeout: float = 120.0, command: list[str] | None = None,
-                 log_path: Path | None = None):
+                 log_path: Path | None = None, cwd: Path = ROOT):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_SERVER_NAME": "127.0.0.1",
                     "GRADIO_SERVER_PORT": str(self.port), "PYTHONUNBUFFERED": "1", **env}
-        self.command = command or [sys.executable, "app.py"]
+        self.command = command or [sys.executable, str(ROOT / "app.py")]
+        self.cwd = cwd
         self.startup_timeout = startup_timeout
         self.log_path = log_path or Path(os.environ.get("TMPDIR", "/tmp")) / f"live_app_{self.port}.log"
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> "LiveApp":
         self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(self.command, cwd=ROOT, env=self.env, stdout=self._log,
+        self.proc = subprocess.Popen(self.command, cwd=self.cwd, env=self.env, stdout=self._log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         self.started = time.perf_counter()
         self._wait_ready()

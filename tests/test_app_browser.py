@@ -1,4 +1,5 @@
-"""app.py in headless Chromium: upload an example or pick one, submit, read the top label off the page.
+"""app.py in headless Chromium: upload an example or pick one, submit, read the top label off the page, all under
+the app's Content-Security-Policy without a single violation; and the page in a frame, where a Space's is allowed.
 
 The README's screenshot comes from the first test: `UPDATE_SCREENSHOT=1 python -m pytest tests/test_app_browser.py`
 rewrites docs/app.png (otherwise it goes to tests/artifacts/ only, so a test run changes no tracked file).
@@ -9,6 +10,7 @@ import io
 import os
 
 from PIL import Image
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from serving.model import Classifier
 from tests.conftest import SCREENSHOTS
@@ -18,14 +20,26 @@ README_SHOT = ROOT / "docs" / "app.png"
 MAX_SHOT_BYTES = 150_000  # the README's picture stays small in the repository
 
 
+# Every Content-Security-Policy violation on the page, as the browser reports it to the page.
+WATCH_CSP = ("window.cspViolations = []; document.addEventListener('securitypolicyviolation', "
+             "e => window.cspViolations.push(`${e.violatedDirective} ${e.blockedURI} ${e.sample}`))")
+
+
 def _submit(browser, app, choose_photo):
-    """Open the page, choose a photo with choose_photo(page), submit; the page and its top label once shown."""
+    """Open the page, choose a photo with choose_photo(page), submit; the page and its top label once shown. Fails
+    on any Content-Security-Policy violation meanwhile (the app's headers are on: see test_app_hostile.py)."""
     page = browser.new_page()
+    console = []
+    page.on("console", lambda message: console.append(message.text))
+    page.add_init_script(WATCH_CSP)
     page.goto(app.url, wait_until="networkidle")
+    assert "script-src" in page.evaluate("fetch('/').then(r => r.headers.get('content-security-policy') || '')")
     choose_photo(page)
     page.get_by_role("button", name="Submit").click()
     top = page.get_by_test_id("label-output-value")
     top.wait_for(timeout=30_000)
+    violations = page.evaluate("window.cspViolations") + [m for m in console if "Content Security Policy" in m]
+    assert violations == [], violations
     return page, top.inner_text().strip()
 
 
@@ -57,6 +71,30 @@ def test_an_example_image_can_be_picked_and_classified(browser, tiny_model):
         # The first of the model's example images, shown in the same order.
         _, top = _submit(browser, app, lambda page: page.locator(".gallery-item").first.click())
         assert top == max(probs, key=probs.get)
+
+
+def test_on_a_space_huggingface_co_may_show_the_page_in_a_frame_and_no_other_site(browser, tiny_model):
+    """A Space's page on huggingface.co shows the app in a frame, so there (SPACE_ID set) it may; any other site is
+    refused by the page's frame-ancestors. Both sites are pages this test serves in the browser itself."""
+    with LiveApp({"MODEL_DIR": str(tiny_model.folder), "SPACE_ID": "you/demo"}) as app:
+        shown = {}
+        for site in ("https://huggingface.co/spaces/you/demo", "https://elsewhere.example/"):
+            # Chromium asks before a public site's frame opens a loopback address (Local Network Access): granted.
+            page = browser.new_context(permissions=["local-network-access"]).new_page()
+            console = []
+            page.on("console", lambda message, console=console: console.append(message.text))
+            page.route(site, lambda route: route.fulfill(
+                content_type="text/html", body=f'<iframe src="{app.url}/" width="1000" height="800"></iframe>'))
+            page.goto(site)
+            frame = page.frames[1]
+            try:
+                frame.get_by_text("What is in this photo?").first.wait_for(timeout=15_000)
+                shown[site] = True
+            except PlaywrightTimeout:
+                shown[site] = False
+                assert any("frame-ancestors" in m for m in console), console
+            page.context.close()
+    assert shown == {"https://huggingface.co/spaces/you/demo": True, "https://elsewhere.example/": False}
 
 
 def _save_readme_shot(page, path) -> None:

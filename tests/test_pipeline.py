@@ -34,7 +34,7 @@ def test_all_runs_each_stage_then_skips_what_is_up_to_date(photos, tmp_path):
             "--out", str(tmp_path / "model"), "--no-serve", *FAST]
     first = _all(*args)
     assert first.returncode == 0, first.stderr[-3000:]
-    assert "data: 36 of 36 images kept" in first.stderr and "trained resnet18" in first.stderr
+    assert "data: 36 of 36 inputs kept" in first.stderr and "trained resnet18" in first.stderr
     assert f"to serve it: MODEL_DIR={tmp_path / 'model'} python app.py" in first.stderr
     assert "img/s" not in first.stderr and "clean:" not in first.stderr  # no progress bars into a file
     onnx = tmp_path / "model" / "model.onnx"
@@ -61,7 +61,7 @@ def test_all_runs_each_stage_then_skips_what_is_up_to_date(photos, tmp_path):
     shutil.copy(next((tmp_path / "photos").glob("circle/*.jpg")), tmp_path / "photos" / "circle" / "new.jpg")
     grown = _all(*[a if a != "16" else "8" for a in args])  # the same settings, a new photo in the folder
     assert grown.returncode == 0, grown.stderr[-3000:]
-    assert "data: 36 of 37 images kept" in grown.stderr and "trained resnet18" in grown.stderr
+    assert "data: 36 of 37 inputs kept" in grown.stderr and "trained resnet18" in grown.stderr
 
 
 def test_all_serves_what_it_trained(photos, tmp_path):

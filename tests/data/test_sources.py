@@ -30,6 +30,9 @@ def photo_folder(tmp_path):
         (root / label / "a.jpg").write_bytes(_jpeg(colour))
         (root / label / "nested" / "b.JPEG").write_bytes(_jpeg(colour))
         (root / label / "notes.txt").write_text("not an image")
+        (root / label / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")  # the system's, not the person's
+        (root / label / ".ipynb_checkpoints").mkdir()
+        (root / label / ".ipynb_checkpoints" / "a-checkpoint.jpg").write_bytes(_jpeg(colour))
     (root / ".hidden").mkdir()
     return root
 
@@ -63,11 +66,12 @@ def test_missing_url_file(tmp_path):
         read_url_list(tmp_path / "nope.csv", ())
 
 
-def test_folder_lists_images_per_label_recursively(photo_folder):
+def test_folder_lists_every_file_per_label_recursively(photo_folder):
+    """Every file, whatever its name: the clean stage reads each by content and gives each a manifest row."""
     items = folder_items(photo_folder, ())
     assert [(label, p.split("photos/")[1]) for label, p in items] == [
-        ("grizzly", "grizzly/a.jpg"), ("grizzly", "grizzly/nested/b.JPEG"),
-        ("teddy", "teddy/a.jpg"), ("teddy", "teddy/nested/b.JPEG")]
+        ("grizzly", "grizzly/a.jpg"), ("grizzly", "grizzly/nested/b.JPEG"), ("grizzly", "grizzly/notes.txt"),
+        ("teddy", "teddy/a.jpg"), ("teddy", "teddy/nested/b.JPEG"), ("teddy", "teddy/notes.txt")]
 
 
 def test_the_folder_above_the_label_folders_gets_a_hint(photo_folder, tmp_path, caplog):
@@ -88,7 +92,7 @@ def test_folder_errors(tmp_path, make):
     target = tmp_path / "x"
     if make == "empty":
         target.mkdir()
-    with pytest.raises(StageError, match="not a folder|no images found"):
+    with pytest.raises(StageError, match="not a folder|no files found"):
         folder_items(target, ())
 
 
@@ -96,7 +100,7 @@ def test_folder_errors(tmp_path, make):
 def test_local_archive_with_a_wrapping_folder(photo_folder, tmp_path, fmt):
     archive = shutil.make_archive(str(tmp_path / "bears"), fmt, root_dir=photo_folder.parent, base_dir="photos")
     items = archive_items(archive, tmp_path / "data", ())
-    assert sorted({label for label, _ in items}) == ["grizzly", "teddy"] and len(items) == 4
+    assert sorted({label for label, _ in items}) == ["grizzly", "teddy"] and len(items) == 6
     assert all(p.startswith(str(tmp_path / "data" / "archive")) for _, p in items)
 
 

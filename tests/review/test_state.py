@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.review.conftest import tree
 from tests.tiny_model import make_images
 from training.config import Config
 from training.data.decisions import ReviewLog, read_log
@@ -36,10 +37,6 @@ def review(tiny_model, data):
 def _rows(data: Path) -> dict[str, tuple[str, str, str, str]]:
     """{url: (label, status, reason, file)} from the manifest."""
     return {r.url: (r.label, r.status, r.reason, r.file) for r in read_manifest(data / "manifest.csv")}
-
-
-def _tree(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def _hard(review, label: str) -> str:
@@ -114,7 +111,7 @@ def test_keep_moves_nothing_and_marks_the_manifest(review, data):
 
 
 def test_undo_reverses_the_latest_change_each_time(review, data):
-    before = _tree(data / "images")
+    before = tree(data / "images")
     deleted, moved = _hard(review, "circle"), _hard(review, "square")
     review.data.delete(deleted)
     review.data.relabel(moved, "triangle")
@@ -125,7 +122,7 @@ def test_undo_reverses_the_latest_change_each_time(review, data):
     assert _rows(data)[deleted][2] == "removed_by_review" and review.changed_since_training() == {"deleted": 1}
 
     review.data.undo()
-    assert _tree(data / "images") == before and not any((data / "trash").rglob("*.jpg"))
+    assert tree(data / "images") == before and not any((data / "trash").rglob("*.jpg"))
     assert {r[1:3] for r in _rows(data).values()} == {("kept", "")}
     assert [c.action for c in read_log(data).changes] == ["delete", "relabel", "undo", "undo"]  # the audit trail
     with pytest.raises(StageError, match="nothing to undo"):
@@ -158,13 +155,13 @@ def test_a_failed_write_leaves_nothing_half_applied(review, data, blocked):
     review.data.keep(_hard(review, "triangle"))  # so review.csv, manifest.csv and summary.json all exist
     summary = {"name": "tiny", **count_rows(read_manifest(data / "manifest.csv"), review.labels)}
     (data / "summary.json").write_text(json.dumps(summary))
-    before = _tree(data)
+    before = tree(data, lock=True)
     (data / f"{blocked}.tmp").mkdir()  # the atomic write's temporary file can't be created: a real OSError
     victim = _hard(review, "circle")
     with pytest.raises(StageError, match="nothing was changed"):
         review.data.delete(victim)
     (data / f"{blocked}.tmp").rmdir()
-    assert _tree(data) == before
+    assert tree(data, lock=True) == before
     review.data.delete(victim)  # and it works once the cause is gone
     assert (data / "trash" / victim).is_file()
 
@@ -237,11 +234,11 @@ def test_a_read_only_data_folder_is_refused_before_anything_changes(tiny_model):
             p.chmod(0o755 if p.is_dir() else 0o644)
         for d in [data, *(p for p in data.rglob("*") if p.is_dir())]:
             d.chmod(0o555)
-        before = _tree(data)
+        before = tree(data, lock=True)
         run = _unprivileged if os.geteuid() == 0 else lambda fn: (0, fn())
         code, message = run(lambda: open_review(model, data))
         assert code == 3 and "is read-only" in message and "chmod -R u+w" in message
-        assert _tree(data) == before
+        assert tree(data, lock=True) == before
         for d in [data, *(p for p in data.rglob("*") if p.is_dir())]:
             d.chmod(0o777)
         assert run(lambda: DataFolder(data, "test").close())[0] == 0  # the same check passes once it's writable
@@ -262,10 +259,10 @@ def test_a_data_rerun_keeps_review_decisions(tmp_path):
     folder.delete(deleted)
     folder.relabel(moved, "triangle")
     folder.close()
-    images, trash, manifest = _tree(data / "images"), _tree(data / "trash"), _rows(data)
+    images, trash, manifest = tree(data / "images"), tree(data / "trash"), _rows(data)
 
     summary = build_dataset(cfg)
-    assert _tree(data / "images") == images and _tree(data / "trash") == trash and _rows(data) == manifest
+    assert tree(data / "images") == images and tree(data / "trash") == trash and _rows(data) == manifest
     assert summary["reasons"]["rejected:removed_by_review"] == 1 and summary["reasons"]["kept:relabelled"] == 1
 
     folder = DataFolder(data, "test")

@@ -1,13 +1,21 @@
-"""serving/imaging.py: the one normalisation shared by the clean stage and the app."""
+"""serving/imaging.py: the one normalisation shared by the clean stage and the app, and its budget."""
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from serving.imaging import ImageRejected, open_upright_rgb, resize_longest, sniff_non_image
+from serving.imaging import MAX_DECODE_BYTES, ImageRejected, open_upright_rgb, resize_longest, sniff_non_image
+from tests.image_corpus import corpus, encode, grey16, photo, tiff, with_transparent_corner
+from tests.live_app import ROOT
+
+# How the app (a 224 px model: 256) and the data stage (--max-side 512) call it, and a caller that asks for
+# no shrinking at all: every file gets the same answer from each.
+SHRINKS = [(256, 256), (512, 512), None]
 
 # (image-server path, reason it is refused)
 REFUSED = [
@@ -44,13 +52,16 @@ def test_pdf_and_eps_are_refused_without_being_parsed():
 
 
 def test_pixel_cap_is_checked_from_the_header(image_server):
-    with pytest.raises(ImageRejected, match="pixel cap"):
-        open_upright_rgb(image_server.good_image("x", 0, "png"), max_pixels=100 * 100)
+    """Cut short after its header: decoded first, it would be 'truncated'; checked from the header, it never is."""
+    whole = image_server.good_image("x", 0, "png")
+    with pytest.raises(ImageRejected, match="over the 10,000-pixel cap") as caught:
+        open_upright_rgb(whole[:len(whole) // 2], max_pixels=100 * 100)
+    assert caught.value.reason == "too_many_pixels"
 
 
 @pytest.mark.parametrize("path,size", [
     ("/img/cmyk.jpg", (200, 150)), ("/img/16bit.png", (200, 150)), ("/img/rgba.png", (200, 150)),
-    ("/img/animated.gif", (200, 150)), ("/img/exif-rotated.jpg", (100, 200)), ("/img/tiny.png", (1, 1)),
+    ("/img/animated.gif", (200, 150)), ("/img/exif-rotated.jpg", (100, 200)),
 ])
 def test_every_accepted_input_comes_out_upright_rgb(image_server, path, size):
     img = open_upright_rgb(image_server.static(path))
@@ -78,14 +89,189 @@ def test_sources_can_be_bytes_paths_files_or_pil(image_server, tmp_path):
 
 
 def test_draft_mode_decodes_large_jpegs_smaller_but_not_below_the_asked_size():
-    big = io.BytesIO()
-    Image.new("RGB", (4032, 3024), (120, 90, 60)).save(big, "JPEG")
-    img = open_upright_rgb(big.getvalue(), draft_size=(512, 512))
+    big = encode(photo((4032, 3024), 1), "JPEG")
+    img = open_upright_rgb(big, shrink_to=(512, 512))
     assert img.size == (1008, 756)  # 1/4 scale: the smallest DCT scale still >= 512 on both sides
-    assert open_upright_rgb(big.getvalue()).size == (4032, 3024)
+    assert open_upright_rgb(big).size == (4032, 3024)
 
 
 @pytest.mark.parametrize("size,max_side,expected", [((1000, 500), 512, (512, 256)), ((300, 200), 512, (300, 200)),
                                                      ((500, 2000), 512, (128, 512))])
 def test_resize_longest_never_enlarges(size, max_side, expected):
     assert resize_longest(Image.new("RGB", size), max_side).size == expected
+
+
+@pytest.mark.parametrize("shrink", SHRINKS, ids=["app", "data", "whole"])
+@pytest.mark.parametrize("name", sorted(corpus()))
+def test_every_format_and_mode_gets_its_answer(name, shrink):
+    """The corpus (tests/image_corpus.py): each file kept as upright RGB, or refused with its reason."""
+    case = corpus()[name]
+    if case.reason is None:
+        img = open_upright_rgb(case.data, shrink_to=shrink)
+        assert img.mode == "RGB" and min(img.size) >= 96
+    else:
+        with pytest.raises(ImageRejected) as caught:
+            open_upright_rgb(case.data, shrink_to=shrink)
+        assert caught.value.reason == case.reason, str(caught.value)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, c in corpus().items() if c.transparent))
+def test_every_kind_of_transparency_lands_on_white(name):
+    """Alpha, palette, a colour key (PNG tRNS in RGB and 16-bit grey), in every format that has one: the
+    transparent corner comes out white, never the colour underneath it (black, or the key's green)."""
+    img = np.asarray(open_upright_rgb(corpus()[name].data))
+    h, w = img.shape[:2]
+    corner = img[2:h // 2 - 2, 2:w // 2 - 2]  # with_transparent_corner's quarter, less the lossy codecs' edge
+    assert corner.min() >= 245, corner.min()
+
+
+def test_sixteen_bit_images_are_scaled_by_the_range_they_use():
+    """7200..8200 of 0..65535: dividing by 257 gave a flat grey of 28..32; the range used maps to 0..255."""
+    grey = grey16(3, 7200, 8200)
+    values = np.asarray(grey, dtype=np.float64)
+    lo, hi = values.min(), values.max()
+    expected = np.floor((values - lo) / (hi - lo) * 255 + 0.5)  # the fraction of the range used, rounded half up
+    got = np.asarray(open_upright_rgb(encode(grey, "PNG")))
+    assert np.array_equal(got[..., 0], expected) and np.array_equal(got[..., 0], got[..., 2])
+    assert got.min() == 0 and got.max() == 255
+
+
+def test_float_images_are_scaled_by_the_range_they_use():
+    values = np.linspace(0.1, 0.2, 160 * 120, dtype=np.float32).reshape(120, 160)
+    values[0, :5] = np.nan  # missing values count as the lowest
+    got = np.asarray(open_upright_rgb(tiff(Image.fromarray(values, "F"))))[..., 0]
+    finite = values[1:].astype(np.float64)
+    expected = np.rint((finite - 0.1) * (255.0 / (values[np.isfinite(values)].max() - 0.1)))
+    assert np.abs(got[1:].astype(int) - expected).max() <= 1 and (got[0, :5] == 0).all()
+    assert got.max() == 255
+
+
+@pytest.mark.parametrize("make", [
+    lambda: Image.new("RGB", (200, 100), (10, 120, 200)),
+    lambda: Image.new("L", (200, 100), 0),
+    lambda: Image.fromarray(np.full((100, 200), 40000, np.uint16)),
+    lambda: Image.fromarray(np.full((100, 200), 40000, np.uint16) + np.tile([0, 1, 2], (100, 67))[:, :200]
+                            .astype(np.uint16)),  # three levels of 65,536: noise, not a picture
+    lambda: Image.new("RGB", (1, 1), (200, 30, 30)),
+], ids=["flat colour", "black", "flat 16-bit", "16-bit noise", "one pixel"])
+def test_near_uniform_images_are_blank(make):
+    with pytest.raises(ImageRejected) as caught:
+        open_upright_rgb(encode(make(), "PNG"))
+    assert caught.value.reason == "blank"
+
+
+def test_a_photo_of_a_plain_wall_with_something_on_it_is_not_blank():
+    wall = Image.new("RGB", (400, 300), (230, 228, 220))
+    wall.paste((90, 60, 40), (180, 120, 220, 180))  # a small picture on the wall
+    assert open_upright_rgb(encode(wall, "JPEG")).size == (400, 300)
+
+
+def test_the_pixel_cap_comes_from_the_header_before_any_decoding():
+    """A 100,000 x 100,000 PNG of a few hundred bytes: if it were decoded first, it would need 40 GB."""
+    with pytest.raises(ImageRejected, match="pixel cap|exceeds limit") as caught:
+        open_upright_rgb(corpus()["pixel_bomb.png"].data)
+    assert caught.value.reason == "too_many_pixels"
+
+
+def test_large_transparent_images_are_reduced_strip_by_strip_exactly():
+    """Over SHRINK_ABOVE_PIXELS, an image the caller shrinks anyway is put on white and box-reduced strip by
+    strip: the same pixels as doing it to the whole image with Pillow, without a second full-size copy."""
+    rgba = with_transparent_corner(photo((4000, 2600), 5))
+    got = open_upright_rgb(encode(rgba, "PNG"), shrink_to=(512, 512))
+    whole = Image.new("RGB", rgba.size, (255, 255, 255))
+    whole.paste(rgba.convert("RGB"), mask=rgba.getchannel("A"))
+    assert got.size == (800, 520) and got.tobytes() == whole.reduce(5).tobytes()
+
+
+def test_jpeg_2000_with_few_wavelet_levels_still_decodes_smaller():
+    """openjpeg fails when asked to skip more resolution levels than a file has; the decoder reads how many."""
+    big = photo((3000, 2000), 6)
+    # 1 level in the file: halved once; 5 levels: quartered (an eighth, 375x250, would be under 256)
+    for resolutions, size in ((2, (1500, 1000)), (6, (750, 500))):
+        img = open_upright_rgb(encode(big, "JPEG2000", num_resolutions=resolutions), shrink_to=(256, 256))
+        assert img.size == size
+
+
+PEAK = """
+import sys
+from pathlib import Path
+from serving.imaging import open_upright_rgb
+def status(key):
+    return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(key))
+data = Path(sys.argv[1]).read_bytes()
+before = status("VmRSS")
+open("/proc/self/clear_refs", "w").write("5")  # the peak, from now
+open_upright_rgb(data, shrink_to=(256, 256))
+print(status("VmHWM") - before)
+"""
+
+
+@pytest.mark.parametrize("make", [
+    lambda: grey16(9, 1000, 60000, (7300, 5470)),  # the reviewer's 40 MP 16-bit PNG: 0.8-1.1 GB before
+    lambda: with_transparent_corner(photo((7300, 5470), 9)),
+], ids=["16-bit grey, 40 MP", "RGBA, 40 MP"])
+def test_a_40_megapixel_png_decodes_within_the_memory_budget(tmp_path, make):
+    """Measured in a process of its own: the peak resident memory the decode adds, against the budget."""
+    path = tmp_path / "big.png"
+    make().save(path, compress_level=1)
+    added = subprocess.run([sys.executable, "-c", PEAK, str(path)], cwd=ROOT, capture_output=True, text=True,
+                           check=True).stdout
+    assert int(added) < MAX_DECODE_BYTES
+
+
+def test_a_decode_the_budget_cannot_afford_is_refused_before_it_starts():
+    """WebP's decoder holds 16 bytes a pixel: 25 MP of it would take about 400 MB, so it is refused unread."""
+    webp = encode(Image.linear_gradient("L").resize((5800, 4400)).convert("RGB"), "WEBP", quality=50)
+    with pytest.raises(ImageRejected, match="MB budget") as caught:
+        open_upright_rgb(webp, shrink_to=(256, 256))
+    assert caught.value.reason == "too_costly"
+
+
+NOISY = """
+import logging, sys
+logging.basicConfig(level=logging.DEBUG if sys.argv[2] == "debug" else logging.INFO)
+from pathlib import Path
+from serving.imaging import ImageRejected, open_upright_rgb
+try:
+    open_upright_rgb(Path(sys.argv[1]).read_bytes(), name="visitor.tif")
+except ImageRejected as exc:
+    print(exc.reason)
+"""
+
+
+def _tiff_libtiff_complains_about(tmp_path):
+    """A JPEG-in-TIFF cut short: libtiff prints 'JPEGLib: ...' to stderr itself, Pillow warns, then refuses."""
+    data = tiff(photo((64, 64), 2), compression="jpeg")
+    path = tmp_path / "visitor.tif"
+    path.write_bytes(data[:-200])
+    return path
+
+
+def test_decoder_messages_never_reach_stderr_at_info(tmp_path):
+    done = subprocess.run([sys.executable, "-c", NOISY, str(_tiff_libtiff_complains_about(tmp_path)), "info"],
+                          cwd=ROOT, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "corrupt" and done.stderr == ""
+
+
+def test_decoder_messages_become_one_debug_line_naming_the_file(tmp_path):
+    done = subprocess.run([sys.executable, "-c", NOISY, str(_tiff_libtiff_complains_about(tmp_path)), "debug"],
+                          cwd=ROOT, capture_output=True, text=True, check=True)
+    lines = [line for line in done.stderr.splitlines() if "visitor.tif" in line]
+    assert len(lines) == 1 and lines[0].startswith("DEBUG:serving.imaging:")
+    assert "JPEGLib" in lines[0] and "Truncated File Read" in lines[0]
+    assert not [line for line in done.stderr.splitlines() if "JPEGLib" in line and "visitor.tif" not in line]
+
+
+def test_pillows_own_error_log_for_a_file_is_a_note_not_an_error(tmp_path):
+    """Pillow logs an ERROR for a TIFF claiming too many samples per pixel; the app's log showed it with no
+    file named, for an upload it rightly refused."""
+    data = bytearray(tiff(photo((64, 64), 3)))
+    at = data.find((277).to_bytes(2, "little") + (3).to_bytes(2, "little"))  # SamplesPerPixel, SHORT
+    data[at + 8:at + 10] = (9999).to_bytes(2, "little")
+    path = tmp_path / "visitor.tif"
+    path.write_bytes(bytes(data))
+    info = subprocess.run([sys.executable, "-c", NOISY, str(path), "info"], cwd=ROOT, capture_output=True, text=True)
+    debug = subprocess.run([sys.executable, "-c", NOISY, str(path), "debug"], cwd=ROOT, capture_output=True, text=True)
+    assert info.stdout.strip() == "not_image" and info.stderr == ""  # no format of ours could read it
+    (line,) = [line for line in debug.stderr.splitlines() if "samples per pixel" in line.lower()]
+    assert line.startswith("DEBUG:serving.imaging:visitor.tif: the decoder said:")

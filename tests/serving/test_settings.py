@@ -1,6 +1,7 @@
 """serving/settings.py: every setting the app reads from the environment, its default, and the refusals."""
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,9 @@ def test_defaults_are_what_the_readme_documents():
     assert (s.model_repo, s.model_revision, s.model_dir) == (None, "main", Path("models/bears"))
     assert (s.max_upload_mb, s.max_upload_bytes, s.max_body_bytes) == (10, 10_000_000, 10_000_000 * 4 // 3 + 65_536)
     assert (s.concurrency, s.queue_size, s.busy_timeout) == (4, 64, 10)
+    assert (s.header_timeout, s.max_connections) == (5, 512)
+    assert (s.upload_grace, s.upload_min_rate, s.upload_min_bytes_per_s) == (10, 1, 1000)
+    assert (s.space_id, s.frame_ancestors) == (None, "'self'")
     assert (s.host, s.port) == ("0.0.0.0", 7860)
     assert s.ort_cache_dir == HOME / ".cache" / "serving-ort"
     assert Settings() == s
@@ -30,6 +34,15 @@ def test_defaults_are_what_the_readme_documents():
     ({"APP_CONCURRENCY": "2"}, "concurrency", 2),
     ({"APP_QUEUE_SIZE": "8"}, "queue_size", 8),
     ({"APP_BUSY_TIMEOUT": "2.5"}, "busy_timeout", 2.5),
+    ({"APP_HEADER_TIMEOUT": "1.5"}, "header_timeout", 1.5),
+    ({"APP_MAX_CONNECTIONS": "100"}, "max_connections", 100),
+    ({"APP_UPLOAD_GRACE": "2.5"}, "upload_grace", 2.5),
+    ({"APP_UPLOAD_MIN_RATE": "0.5"}, "upload_min_rate", 0.5),
+    ({"APP_UPLOAD_MIN_RATE": "0.5"}, "upload_min_bytes_per_s", 500),  # KB are 1,000 bytes, like MAX_UPLOAD_MB's MB
+    ({"SPACE_ID": "you/bears-demo"}, "space_id", "you/bears-demo"),
+    # On a Space, whose page on huggingface.co shows the app in a frame, that site may frame it too.
+    ({"SPACE_ID": "you/bears-demo"}, "frame_ancestors", "'self' https://huggingface.co"),
+    ({"SPACE_ID": ""}, "frame_ancestors", "'self'"),
     ({"GRADIO_SERVER_NAME": "127.0.0.1"}, "host", "127.0.0.1"),
     ({"GRADIO_SERVER_PORT": "8080"}, "port", 8080),
     ({"ORT_CACHE_DIR": "/srv/ort"}, "ort_cache_dir", Path("/srv/ort")),
@@ -57,6 +70,14 @@ def test_each_variable_sets_its_field(env, field, value):
     ("APP_QUEUE_SIZE", "0", "a whole number of waiting visitors, 1 or more"),
     ("APP_QUEUE_SIZE", "many", "a whole number of waiting visitors, 1 or more"),
     ("APP_BUSY_TIMEOUT", "0", "a number of seconds above 0"),
+    ("APP_HEADER_TIMEOUT", "0", "a number of seconds above 0"),
+    ("APP_HEADER_TIMEOUT", "soon", "a number of seconds above 0"),
+    ("APP_MAX_CONNECTIONS", "0", "a whole number of connections, 1 or more"),
+    ("APP_MAX_CONNECTIONS", "1e3", "a whole number of connections, 1 or more"),
+    ("APP_UPLOAD_GRACE", "0", "a number of seconds above 0, such as 10"),
+    ("APP_UPLOAD_GRACE", "-1", "a number of seconds above 0, such as 10"),
+    ("APP_UPLOAD_MIN_RATE", "0", "a number of kilobytes a second above 0, such as 1"),
+    ("APP_UPLOAD_MIN_RATE", "fast", "a number of kilobytes a second above 0, such as 1"),
     ("GRADIO_SERVER_PORT", "0", "a whole number from 1 to 65535"),
     ("GRADIO_SERVER_PORT", "70000", "a whole number from 1 to 65535"),
     ("GRADIO_SERVER_PORT", "http", "a whole number from 1 to 65535"),
@@ -65,7 +86,8 @@ def test_a_bad_value_names_the_variable_the_value_and_what_it_takes(name, value,
     with pytest.raises(SettingsError) as err:
         Settings.from_env({name: value})
     assert str(err.value) == f"{name}={value!r} is not usable: it takes {allowed}" + \
-        (", such as 10" if name in ("MAX_UPLOAD_MB", "APP_BUSY_TIMEOUT") else "")
+        (", such as 10" if name in ("MAX_UPLOAD_MB", "APP_BUSY_TIMEOUT") else "") + \
+        (", such as 5" if name == "APP_HEADER_TIMEOUT" else "")
     assert isinstance(err.value, ValueError)
 
 
@@ -77,6 +99,13 @@ def test_settings_made_in_code_are_checked_the_same_way():
 def test_settings_are_frozen():
     with pytest.raises(AttributeError):
         Settings().port = 1  # type: ignore[misc]
+
+
+def test_every_variable_is_in_the_apps_settings_table():
+    """docs/app.md lists every variable Settings reads, so that a new setting can't go undocumented."""
+    table = (Path(__file__).resolve().parents[2] / "docs" / "app.md").read_text()
+    missing = [f.metadata["env"] for f in fields(Settings) if f"| `{f.metadata['env']}` |" not in table]
+    assert not missing, missing
 
 
 def test_the_default_model_folder_is_where_train_writes_by_default():

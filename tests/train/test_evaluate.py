@@ -77,8 +77,18 @@ def test_report_names_confusions_verdict_and_files(tiny_model):
     assert f"Accuracy {100 * metrics['accuracy']:.1f}%" in report
     for actual, predicted, n in confusions(metrics)[:5]:
         assert f"{n} '{actual}' image" in report and f"predicted as '{predicted}'" in report
-    assert diagnose(metrics["epochs"], len(metrics["per_class"])) in report
+    verdict = report.split("## Training curve\n\n", 1)[1].split("\n", 1)[0]
+    assert verdict.startswith(("Overfitting", "Underfitting", "No sign", "Too few epochs", "Unsteady training",
+                               "Training diverged")), verdict
     assert all(r["file"] in report for r in metrics["top_losses"])
+
+
+def test_the_report_gives_the_verdict_of_its_own_history(tiny_model):
+    """A known history, put into the tiny model's metrics: the report must say overfitting, with its numbers."""
+    metrics = json.loads((tiny_model.folder / "report" / "metrics.json").read_text())
+    metrics["epochs"] = _history((1.0, 0.8), (0.6, 0.5), (0.3, 0.6), (0.1, 0.9))
+    curve = report_markdown(metrics).split("## Training curve\n\n", 1)[1]
+    assert curve.startswith("Overfitting") and "0.500 to 0.900" in curve and "0.600 to 0.100" in curve
 
 
 @pytest.mark.parametrize("name", ["confusion_matrix.png", "top_losses.png", "losses.png"])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 
 import fastai
 import fastcore
@@ -152,3 +153,22 @@ def test_a_timm_arch_trains_exports_and_matches_learn_predict(tiny_model, tmp_pa
         ours = clf.classify(path)
         np.testing.assert_allclose(list(ours.values()), probs.numpy(), atol=1e-4, err_msg=str(path))
         assert max(ours, key=ours.get) == label
+
+
+def test_an_onnx_file_that_disagrees_with_the_torch_model_is_refused(learn, tiny_model, tmp_path):
+    """The export's own check: the folder's model.onnx run against another model (the learner's, with its last
+    layer's weights moved) must be refused, naming the torch version to change, not kept."""
+    import copy
+    import shutil
+
+    from training.train.export import _check_folder
+    for name in ("model.onnx", "config.json"):
+        shutil.copyfile(tiny_model.folder / name, tmp_path / name)
+    other = copy.deepcopy(learn.model)
+    last = [m for m in other.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight += 0.5
+    _check_folder(learn.model, tmp_path)  # the model it was exported from: agrees
+    with pytest.raises(StageError, match=rf"model.onnx disagrees with the torch model \(max difference .*\); torch "
+                                         rf"{re.escape(torch.__version__)} may have exported it wrongly"):
+        _check_folder(other, tmp_path)

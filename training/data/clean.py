@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import imagehash
+from PIL import ImageStat
 from tqdm import tqdm
 
 from serving.imaging import ImageRejected, open_upright_rgb, resize_longest
@@ -23,6 +24,12 @@ from training.data.manifest import Row
 
 log = logging.getLogger(__name__)
 JPEG_QUALITY = 92  # visually lossless; these files are training data, not thumbnails
+# A near duplicate is the same picture resized or recompressed: its mean colour moves by a level or two. Hashes
+# are computed in grey, so without this a red and a green version of one simple shape would match.
+NEAR_DUPLICATE_COLOUR = 10
+# A perceptual hash with almost every bit the same (a smooth gradient's dhash is all ones) says nothing about
+# the picture, so two such images are never called near duplicates on its word.
+MIN_INFORMATIVE_BITS = 4
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,8 @@ class _Decoded:
     pixel_digest: str
     phash: int
     dhash: int
+    colour: tuple[float, ...]  # mean R, G, B
+    informative: bool  # whether its hashes say anything (see MIN_INFORMATIVE_BITS)
 
 
 def clean_images(sources: list[Source], data_dir: Path, cfg: Config, review: ReviewLog | None = None) -> list[Row]:
@@ -69,21 +78,24 @@ def clean_images(sources: list[Source], data_dir: Path, cfg: Config, review: Rev
 
 
 def _decode(index: int, src: Source, cfg: Config) -> _Decoded:
+    size = src.path.stat().st_size
+    if size > cfg.max_bytes:  # downloads are capped as they arrive; a file of the person's own is capped here
+        raise ImageRejected("too_large", f"{size:,} bytes, over --max-bytes {cfg.max_bytes:,}")
     data = src.path.read_bytes()
-    img = resize_longest(open_upright_rgb(data, max_pixels=cfg.max_pixels, min_side=cfg.min_side), cfg.max_side)
+    img = open_upright_rgb(data, max_pixels=cfg.max_pixels, min_side=cfg.min_side,
+                           shrink_to=(cfg.max_side, cfg.max_side), name=src.url)
+    img = resize_longest(img, cfg.max_side)
     pixels = hashlib.sha256(f"{img.size}".encode() + img.tobytes()).hexdigest()
     out = io.BytesIO()
     img.save(out, "JPEG", quality=JPEG_QUALITY)
-    return _Decoded(index, src, out.getvalue(), hashlib.sha256(data).hexdigest(), pixels,
-                    int(str(imagehash.phash(img)), 16), int(str(imagehash.dhash(img)), 16))
+    phash, dhash = int(str(imagehash.phash(img)), 16), int(str(imagehash.dhash(img)), 16)
+    informative = all(MIN_INFORMATIVE_BITS <= h.bit_count() <= 64 - MIN_INFORMATIVE_BITS for h in (phash, dhash))
+    return _Decoded(index, src, out.getvalue(), hashlib.sha256(data).hexdigest(), pixels, phash, dhash,
+                    tuple(ImageStat.Stat(img).mean), informative)
 
 
 def _group_same_images(decoded: list[_Decoded], max_distance: int) -> list[list[_Decoded]]:
-    """Cluster images that are the same picture: equal pixels, or perceptual hashes within max_distance.
-
-    Both a DCT hash (phash) and a gradient hash (dhash) must agree: a resized or recompressed copy is
-    close in both, while flat, simple pictures can share one of them by chance.
-    """
+    """Cluster images that are the same picture: equal pixels, or near duplicates (`_near`)."""
     parent = list(range(len(decoded)))
 
     def root(i: int) -> int:
@@ -95,13 +107,20 @@ def _group_same_images(decoded: list[_Decoded], max_distance: int) -> list[list[
     for a in range(len(decoded)):
         for b in range(a + 1, len(decoded)):
             da, db = decoded[a], decoded[b]
-            if da.pixel_digest == db.pixel_digest or (
-                    (da.phash ^ db.phash).bit_count() <= max_distance and (da.dhash ^ db.dhash).bit_count() <= max_distance):
+            if da.pixel_digest == db.pixel_digest or _near(da, db, max_distance):
                 parent[root(b)] = root(a)
     groups: dict[int, list[_Decoded]] = {}
     for i, d in enumerate(decoded):
         groups.setdefault(root(i), []).append(d)
     return list(groups.values())
+
+
+def _near(a: _Decoded, b: _Decoded, max_distance: int) -> bool:
+    """A resized or recompressed copy: both a DCT hash (phash) and a gradient hash (dhash) within max_distance
+    bits, which simple pictures can share one of by chance, the same mean colour, and hashes worth comparing."""
+    return ((a.phash ^ b.phash).bit_count() <= max_distance and (a.dhash ^ b.dhash).bit_count() <= max_distance
+            and a.informative and b.informative
+            and max(abs(x - y) for x, y in zip(a.colour, b.colour)) <= NEAR_DUPLICATE_COLOUR)
 
 
 def _judge_group(group: list[_Decoded]) -> dict[int, Row]:

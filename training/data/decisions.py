@@ -50,6 +50,30 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
+def image_path(path: object) -> tuple[str, str] | None:
+    """(label, name) when `path` is images/<label>/<name> or trash/images/<label>/<name> with plain names, else None.
+
+    Plain: not empty, not hidden (so not . or ..), no separator. Those are the only paths review writes or reads,
+    so a log naming any other (outside the data folder, say) was not written by review, and is not acted on.
+    """
+    if not isinstance(path, str):
+        return None
+    parts = path.split("/")
+    parts = parts[1:] if parts[0] == TRASH else parts
+    if len(parts) != 3 or parts[0] != "images" or not all(map(_plain, parts[1:])):
+        return None
+    return parts[1], parts[2]
+
+
+def is_original(path: object) -> bool:
+    """Whether `path` can name an image in the log: where cleaning first put it, images/<label>/<name>."""
+    return image_path(path) is not None and not in_trash(path)
+
+
+def _plain(name: str) -> bool:
+    return bool(name) and not name.startswith(".") and not any(c in name for c in "/\\\0")
+
+
 def label_of(path: str) -> str:
     """The label an image path puts it under: images/<label>/x.jpg or trash/images/<label>/x.jpg."""
     return PurePosixPath(path).parent.name
@@ -107,12 +131,18 @@ class ReviewLog:
         return out
 
     def _check(self) -> None:
-        """Raise StageError unless every action is known and every undo reverses the change it pops."""
+        """Raise StageError unless every action is known, every path is one review writes (inside images/ or
+        trash/), and every undo reverses the change it pops: both stages replay the log, and move files by it."""
         stack: list[Change] = []
         for n, c in enumerate(self.changes, start=2):  # line 1 is the header
             if c.action not in ACTIONS:
                 raise StageError(f"{LOG_NAME} line {n}: unknown action {c.action!r}; it should be one of "
                                  f"{', '.join(ACTIONS)}. Fix or remove that line")
+            bad = [c.original] if not is_original(c.original) else []
+            bad += [p for p in (c.before, c.after) if image_path(p) is None]
+            if bad:
+                raise StageError(f"{LOG_NAME} line {n} names {bad[0]!r}, which is not an image in images/ or "
+                                 f"{TRASH}/; review never writes such a line, so nothing was changed: fix or remove it")
             if c.action != "undo":
                 stack.append(c)
             elif not stack or (stack[-1].original, stack[-1].after, stack[-1].before) != (

@@ -35,7 +35,7 @@ from typing import AsyncIterator, Callable, Coroutine, Sequence
 import httpx
 from tqdm.auto import tqdm
 
-from serving.imaging import sniff_non_image
+from serving.imaging import identify, sniff_non_image
 from training.config import Config
 from training.data.manifest import check_label
 from training.errors import StageError
@@ -47,17 +47,11 @@ LOG_NAME = "downloads.csv"
 # Some image hosts answer non-browser agents with a 403 or an HTML page.
 USER_AGENT = ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
               "Chrome/126.0 Safari/537.36")
-# No AVIF/HEIC: we could not keep them, so don't invite a server to send them.
-ACCEPT = "image/webp,image/png,image/jpeg,image/gif,image/*;q=0.8,*/*;q=0.5"
+ACCEPT = "image/avif,image/webp,image/png,image/jpeg,image/gif,image/*;q=0.8,*/*;q=0.5"  # what a browser asks
 MAX_REDIRECTS = 5
 BACKOFF_BASE = 0.5  # seconds before the first retry; doubled each time, with jitter
 BINARY_TYPES = ("application/octet-stream", "binary/octet-stream")
-# Raster formats the clean stage can decode. WebP (RIFF....WEBP) is checked separately.
-SIGNATURES = (
-    (b"\xff\xd8\xff", ".jpg"), (b"\x89PNG\r\n\x1a\n", ".png"), (b"GIF87a", ".gif"), (b"GIF89a", ".gif"),
-    (b"II*\x00", ".tif"), (b"MM\x00*", ".tif"), (b"BM", ".bmp"),
-)
-SNIFF_BYTES = 12
+SNIFF_BYTES = 16  # what serving.imaging.identify reads: a download that shows no image format's signature stops
 STALE_MARGIN = 60.0  # seconds past the deadline after which a .part file can belong to no live download
 
 
@@ -266,7 +260,8 @@ async def _read_head(chunks: AsyncIterator[bytes], max_bytes: int) -> tuple[byte
         _check_size(len(head), max_bytes)
         ext = _sniff(head)
         if ext is None:
-            raise _Stop("rejected", "not_image", sniff_non_image(head) or f"no raster signature in {head[:8]!r}")
+            raise _Stop("rejected", "not_image",
+                        sniff_non_image(head) or f"no image format's signature in {head[:16]!r}")
         if ext:
             return head, ext
     if not head:
@@ -291,15 +286,14 @@ def _check_size(size: int, max_bytes: int) -> None:
 
 
 def _sniff(head: bytes) -> str | None:
-    """The extension for a raster signature; "" while too few bytes to tell; None for anything else."""
-    for magic, ext in SIGNATURES:
-        if head.startswith(magic):
-            return ext
-    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
-        return ".webp"
-    if len(head) < SNIFF_BYTES and (any(m.startswith(head) for m, _ in SIGNATURES) or b"RIFF".startswith(head[:4])):
+    """The raw file's extension when `head` starts like an image the clean stage reads (serving.imaging decides);
+    "" while too few bytes to tell; None for anything else (a web page, say)."""
+    if sniff_non_image(head):
+        return None
+    if len(head) < SNIFF_BYTES:
         return ""
-    return None
+    fmt = identify(head)
+    return f".{fmt.lower()}" if fmt else None
 
 
 def _retry_after(value: str | None) -> float | None:

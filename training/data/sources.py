@@ -19,9 +19,6 @@ from training.errors import StageError
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".jfif"}
-
-
 def read_url_list(path: Path, labels: tuple[str, ...]) -> list[tuple[str, str]]:
     """(label, url) pairs from a `label,url` CSV, or from a one-URL-a-line file for a single label."""
     if not path.is_file():
@@ -39,13 +36,16 @@ def read_url_list(path: Path, labels: tuple[str, ...]) -> list[tuple[str, str]]:
 
 
 def folder_items(folder: Path, labels: tuple[str, ...]) -> list[tuple[str, str]]:
-    """(label, file path) for every image file under folder/<label>/."""
+    """(label, file path) for every file under folder/<label>/: what a file holds decides whether it is an image,
+    not its name, so each gets a manifest row, images or not. Hidden files and folders (.DS_Store,
+    .ipynb_checkpoints/) are the system's and the editors', not the person's: they are not inputs."""
     if not folder.is_dir():
         raise StageError(f"--from-folder {folder} is not a folder; it should hold one subfolder per label")
     pairs = [(sub.name, str(f)) for sub in sorted(folder.iterdir()) if sub.is_dir() and not sub.name.startswith(".")
-             for f in sorted(sub.rglob("*")) if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
+             for f in sorted(sub.rglob("*"))
+             if f.is_file() and not any(part.startswith(".") for part in f.relative_to(sub).parts)]
     if not pairs:
-        raise StageError(f"no images found in {folder}: expected {folder}/<label>/<image>.jpg")
+        raise StageError(f"no files found in {folder}: expected {folder}/<label>/<image>.jpg")
     _warn_if_one_level_up(folder, {label for label, _ in pairs})
     return _only_labels(pairs, labels, str(folder))
 

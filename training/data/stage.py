@@ -13,6 +13,7 @@ import json
 import logging
 from pathlib import Path
 
+from serving.imaging import FORMAT_NAMES
 from training.config import DEFAULT_LABELS, Config
 from training.data.clean import Source, clean_images
 from training.data.decisions import read_log
@@ -136,9 +137,14 @@ def _log_summary(summary: dict, data_dir: Path) -> None:
     log.info("%-20s %6s %6s %9s %8s %6s", "label", "found", "kept", "duplicate", "rejected", "failed")
     for label, c in summary["labels"].items():
         log.info("%-20s %6d %6d %9d %8d %6d", label, c["found"], c["kept"], c["duplicate"], c["rejected"], c["failed"])
-    t = summary["total"]
-    log.info("data: %d of %d images kept in %s (manifest.csv says why for the rest)",
+    t, reasons = summary["total"], summary["reasons"]
+    log.info("data: %d of %d inputs kept in %s (manifest.csv says why for the rest)",
              t["kept"], t["found"], data_dir / "images")
+    refused = {reason: reasons.get(f"rejected:{reason}", 0) for reason in ("not_image", "blank", "too_costly")}
+    if any(refused.values()):
+        not_image, blank, costly = refused.values()
+        log.info("data: refused %d files that are no image we read (%s, whatever the file name), %d blank images "
+                 "and %d too costly to decode", not_image, FORMAT_NAMES, blank, costly)
 
 
 # Loopback and private-network URLs are refused by default: a URL list from a stranger must not reach them.

@@ -4,6 +4,13 @@ Used by `python -m training review` (training/review/state.py and its page). Eac
 the image, DATA/review.csv, DATA/manifest.csv and DATA/summary.json. `_apply_all` writes them in an order
 that an interruption can't corrupt, and puts back what it did if a later step fails.
 
+Every change stays inside the data folder, whoever asks for it (the page's API takes whatever a caller
+sends): an image is images/<label>/<name> or trash/images/<label>/<name>, with plain names; a move goes
+only to one of the labels the data folder had when it was opened, or to trash/; and the folder each path
+ends in, symlinks resolved, must lie inside the data folder. Anything else is refused with StageError
+before a file changes, and so is a review.csv that names another path. No change makes a folder under
+images/, and undoing a delete removes the trash/ folders it leaves empty.
+
     folder = DataFolder(Path("data/bears"), holder="my script")   # refuses a read-only or busy folder
     folder.delete("images/grizzly/0a1b2c3d4e5f6a7b.jpg")
     folder.undo()
@@ -19,7 +26,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable
 
-from training.data.decisions import LOG_NAME, TRASH, Change, ReviewLog, in_trash, label_of, log_text, now, read_log
+from training.data.decisions import (LOG_NAME, TRASH, Change, ReviewLog, image_path, in_trash, is_original,
+                                     label_of, log_text, now, read_log)
 from training.data.lock import DataLock
 from training.data.manifest import Row, count_rows, read_manifest, write_manifest
 from training.errors import StageError
@@ -32,6 +40,11 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".ti
 def image_files(images: Path) -> list[Path]:
     """The image files in the label folders under `images`."""
     return sorted(p for p in images.glob("*/*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+
+
+def label_folders(images: Path) -> list[str]:
+    """The labels of a data folder: the folders under `images`, hidden ones aside."""
+    return sorted(d.name for d in images.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
 def check_writable(data_dir: Path) -> None:
@@ -57,6 +70,7 @@ class DataFolder:
     def __init__(self, data_dir: Path, holder: str):
         check_writable(data_dir)
         self.dir = data_dir
+        self.labels = label_folders(data_dir / "images")  # where a move may go; review makes no label folder
         self.lock = DataLock(data_dir, holder)
         self._mutex = threading.Lock()  # the page answers from several threads; changes go one at a time
         try:
@@ -88,17 +102,16 @@ class DataFolder:
         return self._commit(Change(now(), "delete", original, place, self._free(f"{TRASH}/{place}")))
 
     def relabel(self, original: str, label: str) -> Change:
-        """Move the image to images/<label>/ and mark it relabelled."""
+        """Move the image to images/<label>/ and mark it relabelled; `label` must be one of `self.labels`."""
         place = self._current(original)
-        if not (self.dir / "images" / label).is_dir():
-            raise StageError(f"there is no label {label!r} in {self.dir / 'images'}")
         if label == label_of(place):
             raise StageError(f"{place} is already labelled {label!r}")
         target = f"images/{label}/{Path(place).name}"
-        taken = (self.dir / target).exists() or self.log.names().get(target, original) != original
-        if taken:
+        change = Change(now(), "relabel", original, place, target)
+        self._check(change)  # `label` is whatever the caller sent: refuse it before its path is looked up on disk
+        if os.path.lexists(self.dir / target) or self.log.names().get(target, original) != original:
             raise StageError(f"can't move {place} to {target}: another image has that name; rename one of them")
-        return self._commit(Change(now(), "relabel", original, place, target))
+        return self._commit(change)
 
     def undo(self) -> Change:
         """Reverse the latest change still in force."""
@@ -118,8 +131,14 @@ class DataFolder:
                 kinds["deleted" if in_trash(b) else "restored" if in_trash(a) else "relabelled"] += 1
         return kinds
 
+    def is_label(self, label: object) -> bool:
+        """Whether a move may go to images/<label>/: only to a label folder the data folder had when opened."""
+        return label in self.labels
+
     def _current(self, original: str) -> str:
+        """Where the image `original` is now; StageError unless it is an image of this folder, still in images/."""
         place = self.place(original)
+        self._check(Change(now(), "keep", original, place, place))  # before its path is looked up on disk
         if in_trash(place) or not (self.dir / place).is_file():
             raise StageError(f"{place} is not in {self.dir / 'images'} any more; reload the page")
         return place
@@ -127,7 +146,7 @@ class DataFolder:
     def _free(self, path: str) -> str:
         """`path`, or path-2, path-3... if a file is already there (trash keeps every copy)."""
         stem, suffix, n, free = path[: -len(Path(path).suffix)], Path(path).suffix, 2, path
-        while (self.dir / free).exists() or free in self.log.names():
+        while os.path.lexists(self.dir / free) or free in self.log.names():
             free, n = f"{stem}-{n}{suffix}", n + 1
         return free
 
@@ -135,7 +154,8 @@ class DataFolder:
         """Apply one change to the files and record it, all or nothing."""
         with self._mutex:
             check_writable(self.dir)
-            if change.before != change.after and (self.dir / change.after).exists():
+            self._check(change)
+            if change.before != change.after and os.path.lexists(self.dir / change.after):
                 raise StageError(f"can't move {change.before} to {change.after}: a file is already there; "
                                  "reload the page")
             new_log = self.log.with_change(change)
@@ -144,6 +164,28 @@ class DataFolder:
             self.log = new_log
         log.info("%s %s -> %s", change.action, change.before, change.after)
         return change
+
+    def _check(self, change: Change) -> None:
+        """Raise StageError unless the change moves an image of this data folder to a place inside it."""
+        if not is_original(change.original):
+            raise StageError(f"{change.original!r} is not an image in {self.dir / 'images'}, so nothing was changed")
+        if not in_trash(change.after):
+            # All between images/ and the name, so that a label sent as "a/../b" is named, and refused, as sent.
+            label = change.after.removeprefix("images/").rpartition("/")[0]
+            if not self.is_label(label):
+                raise StageError(f"{label!r} is not a label of this dataset, so nothing was changed: move images to "
+                                 f"one of {', '.join(self.labels)}")
+            if not (self.dir / "images" / label).is_dir():  # gone since the page opened: a move would make it again
+                raise StageError(f"{self.dir / 'images' / label} is not one of this dataset's label folders "
+                                 f"({', '.join(self.labels)}), so nothing was changed; reload the page")
+        for path in (change.before, change.after):
+            if image_path(path) is None:
+                raise StageError(f"{path!r} is not a place for an image in {self.dir / 'images'} or "
+                                 f"{self.dir / TRASH}, so nothing was changed")
+            folder = (self.dir / path).parent.resolve()
+            if not folder.is_relative_to(self.dir.resolve()):
+                raise StageError(f"{self.dir / path} would be in {folder}, outside {self.dir} (a symlink?), so "
+                                 "nothing was changed")
 
     def _rows_for(self, change: Change) -> list[Row]:
         """The manifest's rows, with one added for an image it doesn't list (a folder not made by `data`)."""
@@ -164,10 +206,10 @@ class DataFolder:
             return
         last = self.log.changes[-1]
         before, after = self.dir / last.before, self.dir / last.after
-        if last.before != last.after and before.is_file() and not after.exists():
+        if last.before != last.after and before.is_file() and not os.path.lexists(after):
+            self._check(last)
             log.warning("finishing an interrupted %s: moving %s to %s", last.action, last.before, last.after)
-            after.parent.mkdir(parents=True, exist_ok=True)
-            os.rename(before, after)
+            _move(self.dir, last)
         path = self.dir / "manifest.csv"
         if path.is_file():
             rows = read_manifest(path)
@@ -186,7 +228,7 @@ def _apply_all(data_dir: Path, new_log: ReviewLog, change: Change, rows: list[Ro
     try:
         done.append(_replace_file(data_dir / LOG_NAME, lambda p: write_text(p, log_text(new_log))))
         if change.before != change.after:
-            done.append(_move(data_dir / change.before, data_dir / change.after))
+            done.append(_move(data_dir, change))
         done.append(_replace_file(data_dir / "manifest.csv", lambda p: write_manifest(rows, p)))
         summary = _recounted_summary(data_dir / "summary.json", rows)
         if summary is not None:
@@ -196,6 +238,7 @@ def _apply_all(data_dir: Path, new_log: ReviewLog, change: Change, rows: list[Ro
         _roll_back(done, exc, change)
         raise StageError(f"could not {change.action} {change.before} ({exc}); nothing was changed, "
                          "fix the cause and try again") from exc
+    _remove_empty_folders((data_dir / change.before).parent, data_dir)  # what undoing a delete leaves in trash/
 
 
 def _roll_back(done: list[Callable[[], None]], cause: OSError, change: Change) -> None:
@@ -214,11 +257,37 @@ def _replace_file(path: Path, write: Callable[[Path], None]) -> Callable[[], Non
     return lambda: path.unlink(missing_ok=True) if old is None else _write_bytes(path, old)
 
 
-def _move(src: Path, dst: Path) -> Callable[[], None]:
-    """Rename src to dst (one filesystem: both under the data folder); return how to move it back."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    os.rename(src, dst)
-    return lambda: os.rename(dst, src)
+def _move(data_dir: Path, change: Change) -> Callable[[], None]:
+    """Rename change.before to change.after (one filesystem: the data folder); return how to put it back.
+
+    The folders it needs are made (only ever under trash/: DataFolder._check allows no new label folder), and
+    a failure, or putting back, removes them again.
+    """
+    src, dst = data_dir / change.before, data_dir / change.after
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(src, dst)
+    except OSError:
+        _remove_empty_folders(dst.parent, data_dir)
+        raise
+
+    def back() -> None:
+        os.rename(dst, src)
+        _remove_empty_folders(dst.parent, data_dir)
+    return back
+
+
+def _remove_empty_folders(folder: Path, data_dir: Path) -> None:
+    """Remove `folder` and those above it while they are empty, inside trash/ only: label folders stay, even empty."""
+    trash = data_dir / TRASH
+    while folder == trash or trash in folder.parents:
+        try:
+            folder.rmdir()
+        except FileNotFoundError:
+            pass  # never made: mkdir failed further up
+        except OSError:
+            return  # not empty: another image keeps it
+        folder = folder.parent
 
 
 def write_text(path: Path, text: str) -> None:

@@ -3,19 +3,29 @@
 Pick a label and a split; the model's hardest images for them come first, each with a Keep and a Delete
 button and a "Move to" menu. Every click is applied at once (training/review/actions.py). Undo reverses the
 latest change, and the top of the page counts the images changed since the model was trained.
+
+The page moves files, so it answers only this machine's browser: requests addressed to another host name
+(a DNS-rebinding page) or sent by another site's page are refused before Gradio sees them (LocalOnlyApp),
+and the handlers accept only the cards' own images and the dataset's labels, whatever an API call sends.
 """
 from __future__ import annotations
 
 import logging
 import re
+import threading
 from functools import partial
 
 import gradio as gr
+from gradio.routes import App, ORJSONResponse
+from starlette.responses import PlainTextResponse
 
 from training.errors import StageError
 from training.review.state import Card, Review
 
 log = logging.getLogger(__name__)
+
+# The Host header of a request for this page: only names that can't be pointed elsewhere by DNS.
+LOCAL_HOST = re.compile(r"(127\.0\.0\.1|localhost|\[::1\])(:\d{1,5})?", re.IGNORECASE)
 
 SPLITS = ["valid", "train"]
 CSS = """
@@ -31,12 +41,69 @@ def serve(review: Review, port: int, count: int) -> None:
     page.queue(default_concurrency_limit=1)
     log.info("reviewing %s with %s: open http://127.0.0.1:%d (Ctrl-C stops)", review.data_dir, review.model_dir, port)
     try:
-        # quiet: the line above says where the page is; Gradio's banner would add a share=True hint, and a page
-        # that moves files in your data folder is not one to share.
-        page.launch(server_name="127.0.0.1", server_port=port, css=CSS, footer_links=[], ssr_mode=False,
-                    allowed_paths=[str(review.data_dir.resolve())], quiet=True)  # the images the cards show
+        # A page that moves files in your data folder is not one to share: share=False even where Gradio would
+        # turn sharing on by itself (hosted notebooks such as Colab, GRADIO_SHARE). quiet: the line above says
+        # where the page is, and Gradio's banner would add a share=True hint.
+        page.launch(server_name="127.0.0.1", server_port=port, share=False, css=CSS, footer_links=[],
+                    ssr_mode=False, quiet=True, _app=LocalOnlyApp(default_response_class=ORJSONResponse),
+                    allowed_paths=[str((review.data_dir / "images").resolve())],  # the images the cards show
+                    prevent_thread_lock=True)
     except OSError as exc:
         raise StageError(f"can't serve the review page on port {port} ({exc}); pass another --port") from exc
+    # Our own wait rather than Gradio's: Gradio's swallows Ctrl-C with a print of its own, unless it comes
+    # before launch() reaches it, so the command's ending would depend on timing.
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        page.close()
+
+
+class LocalOnlyApp(App):
+    """Gradio's app, answering only requests addressed to this machine and sent by its own pages (see refusal).
+
+    Checked here, before any middleware: Gradio's own CORS middleware (gradio/route_utils.py,
+    CustomCORSMiddleware, Gradio 6.31) reflects any Origin with credentials when the Host is not one of the
+    names it knows as local (localhost, 127.0.0.1, 0.0.0.0: not [::1]), which is what a DNS-rebinding page
+    sends, and it lets a request from another site's page through to the handlers. A middleware passed
+    through launch(app_kwargs=) would run inside it, so even its refusals would carry the reflected Origin;
+    launch(_app=) is how Gradio's own gr.Server hands launch an app of its own.
+    """
+
+    async def __call__(self, scope, receive, send) -> None:
+        refused = refusal(scope)
+        if refused is None:
+            await super().__call__(scope, receive, send)
+            return
+        status, sentence = refused
+        log.info("refused a request for %s: %s", scope.get("path"), sentence)
+        if scope["type"] == "http":
+            await PlainTextResponse(sentence, status_code=status)(scope, receive, send)
+        else:  # a websocket: closing before accepting answers 403
+            await send({"type": "websocket.close", "code": 1008})
+
+
+def refusal(scope: dict) -> tuple[int, str] | None:
+    """Why a request must not reach the page, as (HTTP status, a sentence), or None to let it through.
+
+    Its Host must be 127.0.0.1, localhost or [::1] (with or without a port): a page elsewhere that gets its own
+    host name to resolve to 127.0.0.1 (DNS rebinding) still sends that name. An Origin, where sent, must be the
+    page's own, so another site's page can't make changes either.
+    """
+    if scope["type"] not in ("http", "websocket"):
+        return None  # lifespan: the server starting and stopping
+    headers = [(name, value.decode("latin-1")) for name, value in scope["headers"]]
+    hosts = [value for name, value in headers if name == b"host"]
+    origins = [value.lower() for name, value in headers if name == b"origin"]
+    port = (scope.get("server") or ("", 7861))[1]
+    if len(hosts) != 1 or not LOCAL_HOST.fullmatch(hosts[0]):
+        return 400, (f"This page answers only at http://127.0.0.1:{port} (or localhost): it moves files in your "
+                     f"data folder, so it takes no request addressed to {', '.join(hosts) or 'no host'!r:.80}.")
+    if origins and origins != [f"http://{hosts[0].lower()}"]:
+        return 403, (f"This page takes requests only from its own pages at http://{hosts[0]}, not from "
+                     f"{', '.join(origins)!r:.80}: it moves files in your data folder.")
+    return None
 
 
 def build_page(review: Review, count: int) -> gr.Blocks:
@@ -91,10 +158,11 @@ def _card(review: Review, card: Card, version: gr.State, outputs: list, drawn: i
 
 
 def _act(review: Review, action: str, original: str, version: int):
+    _check_image(review, original)
     try:
         change = review.data.keep(original) if action == "keep" else review.data.delete(original)
     except StageError as exc:
-        raise gr.Error(str(exc)) from None
+        raise _refused(str(exc)) from None
     done = f"Kept `{change.after}`." if action == "keep" else f"Deleted `{change.before}` (now in `{change.after}`)."
     return version + 1, done, changed_text(review)
 
@@ -102,11 +170,18 @@ def _act(review: Review, action: str, original: str, version: int):
 def _mover(review: Review, original: str):
     """The handler of one card's "Move to label" menu (a plain function: Gradio reads its SelectData hint)."""
     def move(version: int, chosen: gr.SelectData):
+        _check_image(review, original)
+        # The menu offers only labels, but an API call can send any value as the one chosen: named here as sent,
+        # where DataFolder's refusal could name only the folder it would make of it.
+        label = chosen.value
+        if not review.data.is_label(label):
+            raise _refused(f"{label!r:.80} is not one of this dataset's labels, so nothing was changed: move "
+                           f"images to {', '.join(review.labels)}")
         try:
-            change = review.data.relabel(original, str(chosen.value))
+            change = review.data.relabel(original, label)
         except StageError as exc:
-            raise gr.Error(str(exc)) from None
-        return version + 1, f"Moved `{change.before}` to **{chosen.value}** (`{change.after}`).", changed_text(review)
+            raise _refused(str(exc)) from None
+        return version + 1, f"Moved `{change.before}` to **{label}** (`{change.after}`).", changed_text(review)
     return move
 
 
@@ -114,8 +189,19 @@ def _undo(review: Review, version: int):
     try:
         change = review.data.undo()
     except StageError as exc:
-        raise gr.Error(str(exc)) from None
+        raise _refused(str(exc)) from None
     return version + 1, f"Undone: `{change.after}` is back where it was.", changed_text(review)
+
+
+def _check_image(review: Review, original: str) -> None:
+    """Refuse an image the page could not have shown: every card is one of the split's images."""
+    if original not in review.split:
+        raise _refused(f"{original!r:.80} is not one of the images of {review.data_dir}, so nothing was changed")
+
+
+def _refused(sentence: str) -> gr.Error:
+    """A sentence on the page; the server log needs no traceback for a refusal."""
+    return gr.Error(sentence, print_exception=False)
 
 
 def changed_text(review: Review) -> str:

@@ -4,8 +4,13 @@
 """
 from __future__ import annotations
 
+import logging
+
 from training.config import Config
+from training.data.decisions import LOG_NAME
 from training.review.state import open_review, trained_on
+
+log = logging.getLogger(__name__)
 
 
 def review(cfg: Config) -> None:
@@ -18,3 +23,5 @@ def review(cfg: Config) -> None:
         serve(session, port=cfg.review_port, count=cfg.review_count)
     finally:
         session.close()
+    log.info("stopped the review page: every change is in %s; `python -m training train` trains on the cleaned "
+             "images", data_dir / LOG_NAME)

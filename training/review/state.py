@@ -30,7 +30,7 @@ import numpy as np
 from serving.model import Classifier, ModelFolderError, read_config
 from training.data.decisions import ReviewLog, in_trash, label_of
 from training.errors import StageError
-from training.review.actions import DataFolder, image_files, write_text
+from training.review.actions import DataFolder, image_files, label_folders, write_text
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def _images_folder(data_dir: Path) -> Path:
 
 
 def _check_labels(labels: list[str], images: Path, model_dir: Path) -> None:
-    found = sorted(d.name for d in images.iterdir() if d.is_dir() and not d.name.startswith("."))
+    found = label_folders(images)
     if sorted(labels) != found:
         raise StageError(f"{model_dir} and {images.parent} don't belong together: the model was trained on labels "
                          f"{', '.join(sorted(labels))} but {images} has {', '.join(found) or 'none'}. Pass the "

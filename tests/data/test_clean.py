@@ -1,0 +1,112 @@
+"""training/data/clean.py: which images count as the same picture, and files of the person's own."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from tests.image_corpus import encode, photo
+from tests.live_app import ROOT
+from training.config import Config
+from training.data.clean import Source, clean_images
+
+
+def _write(folder: Path, name: str, img: Image.Image, fmt: str = "PNG") -> Path:
+    path = folder / name
+    path.write_bytes(encode(img, fmt))
+    return path
+
+
+def _clean(tmp_path: Path, files: list[tuple[str, Path]], **settings) -> dict[str, tuple[str, str]]:
+    """{file name: (status, reason)} after cleaning (label, file) pairs into tmp_path/data."""
+    rows = clean_images([Source(label, str(path), path) for label, path in files], tmp_path / "data",
+                        Config(**settings))
+    return {Path(r.url).name: (r.status, r.reason) for r in rows}
+
+
+def _shape(colour, background=(235, 235, 235), size=(200, 150)) -> Image.Image:
+    img = Image.new("RGB", size, background)
+    ImageDraw.Draw(img).ellipse((60, 30, 140, 110), fill=colour)
+    return img
+
+
+def test_a_resized_recompressed_copy_is_a_near_duplicate(tmp_path):
+    original = photo((400, 300), 1)
+    files = [("a", _write(tmp_path, "original.png", original)),
+             ("a", _write(tmp_path, "copy.jpg", original.resize((300, 225)), "JPEG"))]
+    assert _clean(tmp_path, files) == {"original.png": ("kept", ""), "copy.jpg": ("duplicate", "near_duplicate")}
+
+
+def test_the_same_shape_in_another_colour_is_another_picture(tmp_path):
+    """Perceptual hashes are computed in grey: a red and a green circle hash alike. The colour tells them apart."""
+    files = [("red", _write(tmp_path, "red.png", _shape((200, 30, 30)))),
+             ("green", _write(tmp_path, "green.png", _shape((30, 200, 30))))]
+    assert _clean(tmp_path, files) == {"red.png": ("kept", ""), "green.png": ("kept", "")}
+
+
+def test_hashes_that_say_nothing_are_no_evidence(tmp_path):
+    """Two different smooth gradients: each one's dhash is all ones, so they 'match' by hash alone."""
+    left = Image.linear_gradient("L").rotate(90).resize((200, 150)).convert("RGB")
+    right = Image.fromarray((np.asarray(left, dtype=np.int16) // 2 + 60).astype(np.uint8))
+    files = [("a", _write(tmp_path, "gradient.png", left)), ("b", _write(tmp_path, "dimmer.png", right))]
+    assert _clean(tmp_path, files) == {"gradient.png": ("kept", ""), "dimmer.png": ("kept", "")}
+
+
+def test_flat_images_are_blank_never_duplicates_across_labels(tmp_path):
+    """Solid red and solid green once counted as near duplicates, then as the same image in two labels."""
+    files = [("a", _write(tmp_path, "red.png", Image.new("RGB", (200, 150), (200, 20, 20)))),
+             ("b", _write(tmp_path, "green.png", Image.new("RGB", (200, 150), (20, 200, 20))))]
+    assert _clean(tmp_path, files) == {"red.png": ("rejected", "blank"), "green.png": ("rejected", "blank")}
+
+
+def test_a_file_of_the_persons_own_over_max_bytes_is_refused(tmp_path):
+    big = _write(tmp_path, "big.png", photo((600, 400), 2))
+    small = _write(tmp_path, "small.png", photo((100, 80), 3))
+    got = _clean(tmp_path, [("a", big), ("a", small)], max_bytes=big.stat().st_size - 1)
+    assert got == {"big.png": ("rejected", "too_large"), "small.png": ("kept", "")}
+
+
+def test_kept_images_are_shrunk_to_max_side(tmp_path):
+    files = [("a", _write(tmp_path, "wide.jpg", photo((2000, 1000), 4), "JPEG"))]
+    _clean(tmp_path, files, max_side=512)
+    (kept,) = (tmp_path / "data" / "images" / "a").glob("*.jpg")
+    with Image.open(kept) as img:
+        assert img.size == (512, 256)
+
+
+def test_stale_images_move_to_trash_on_a_rerun(tmp_path):
+    """An image no longer kept (its source is gone) leaves images/ for trash/: nothing is deleted."""
+    first = _write(tmp_path, "first.png", photo((200, 150), 5))
+    second = _write(tmp_path, "second.png", photo((200, 150), 6))
+    _clean(tmp_path, [("a", first), ("a", second)])
+    kept = sorted(p.name for p in (tmp_path / "data" / "images" / "a").iterdir())
+    _clean(tmp_path, [("a", second)])
+    now = sorted(p.name for p in (tmp_path / "data" / "images" / "a").iterdir())
+    trashed = sorted(p.name for p in (tmp_path / "data" / "trash" / "images" / "a").iterdir())
+    assert len(kept) == 2 and len(now) == 1 and sorted(now + trashed) == kept
+
+
+WRITE_CAPPED = """
+import resource, sys
+from pathlib import Path
+from training.config import Config
+from training.data.clean import Source, clean_images
+src = Path(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))  # as a disk that fills up mid-write
+try:
+    clean_images([Source("a", str(src), src)], Path(sys.argv[2]), Config())
+except OSError as exc:
+    print("refused:", exc.errno)
+"""
+
+
+def test_a_kept_image_is_whole_or_absent_when_writing_fails(tmp_path):
+    """Kept images go through a temporary name: a write cut short leaves no half JPEG under images/."""
+    source = _write(tmp_path, "photo.png", photo((600, 450), 7))  # its JPEG is well over the 20 KB the OS allows
+    done = subprocess.run([sys.executable, "-c", WRITE_CAPPED, str(source), str(tmp_path / "data")], cwd=ROOT,
+                          capture_output=True, text=True, check=True)
+    assert done.stdout.startswith("refused: 27")  # EFBIG
+    assert [p.name for p in (tmp_path / "data").rglob("*") if p.is_file()] == []
