@@ -31,8 +31,8 @@ import numpy as np
 from PIL import Image
 
 from bench.common import OUT, machine, model_folder
-from tests.image_corpus import (chunk_flood, encode, gif_comment_flood, iccp_bomb, ico_around, photo, plain_ppm,
-                                png_chunk, psd_resource_flood, segment_flood, with_transparent_corner)
+from tests.image_corpus import (chunk_flood, encode, exif_copies, gif_comment_flood, iccp_bomb, ico_around, photo,
+                                plain_ppm, png_chunk, psd_resource_flood, segment_flood, with_transparent_corner)
 from tests.live_app import LiveApp
 
 TARGET_S, TARGET_MB = 2.0, 300
@@ -90,13 +90,17 @@ def recipes() -> dict[str, Callable[[], bytes]]:
                                             quality_layers=[200]),
         "webp_18mp.webp": lambda: encode(smooth((4900, 3600)), "WEBP", quality=60),
         "webp_40mp.webp": lambda: encode(forty(), "WEBP", quality=60),
-        "avif_29mp.avif": lambda: encode(smooth((6200, 4700)), "AVIF", quality=50, speed=10),
+        "avif_28mp.avif": lambda: encode(smooth((6100, 4600)), "AVIF", quality=50, speed=10),
+        "avif_444_alpha_14mp.avif": lambda: encode(with_transparent_corner(smooth((4400, 3300))), "AVIF",
+                                                   quality=50, speed=10, subsampling="4:4:4"),
+        "heic_28mp.heic": lambda: encode(smooth((6100, 4600)), "HEIF", quality=50),
         "heic_37mp.heic": lambda: encode(smooth((7000, 5200)), "HEIF", quality=50),
         "heic_12mp.heic": lambda: encode(photo((4032, 3024), 2), "HEIF", quality=40),
         "heic_12mp_9mb.heic": lambda: encode(photo((4032, 3024), 2), "HEIF", quality=80),
         "qoi_0.66mp.qoi": lambda: encode(photo((940, 700), 3), "QOI"),
         "plain_0.66mp.pgm": lambda: plain_ppm(photo((940, 700), 4).convert("L")),
         "segments.jpg": lambda: segment_flood(photo((640, 480), 5)),
+        "exif_5400_tags.jpg": lambda: exif_copies(photo((640, 480), 11), tags=5400, size=65_527),
         "chunks.png": lambda: chunk_flood(photo((640, 480), 6)),
         "idat_flood.png": lambda: idat_flood(photo((640, 480), 7)),
         "gif_comment_4mb.gif": lambda: gif_comment_flood(photo((640, 480), 8), 2_000_000),

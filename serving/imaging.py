@@ -73,9 +73,11 @@ J2K_SECONDS_PER_MP = (0.15, 0.06, 0.015, 0.005)
 # The memory one decode may take, its input bytes included: a few decodes at once fit a small server.
 MAX_DECODE_BYTES = 300_000_000
 # Bytes a decoder holds per pixel at its peak where that is more than Pillow's own image (MODE_BYTES): libwebp
-# keeps RGBA frames besides Pillow's copy, libavif and libheif their YUV planes (4:4:4 with alpha the most),
-# openjpeg 32-bit samples.
-DECODER_BYTES_PER_PIXEL = {"WEBP": 16, "AVIF": 14, "HEIF": 14, "JPEG2000": 16}
+# keeps RGBA frames besides Pillow's copy, libavif and libheif their YUV planes, openjpeg 32-bit samples.
+DECODER_BYTES_PER_PIXEL = {"WEBP": 16, "AVIF": 10, "HEIF": 10, "JPEG2000": 16}
+# libavif's and libheif's planes grow with alpha, and AV1's with full-resolution colour (4:4:4) or 10 and 12 bits
+# (measured, 8 MP: 9.5 bytes a pixel for 4:2:0 AVIF, 11 for 4:4:4, 17-19 with alpha; HEIC 7-8, 14 with alpha).
+AV1_FULL_COLOUR_BYTES_PER_PIXEL, ALPHA_PLANES_BYTES_PER_PIXEL = 14, 20
 SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
 MODE_BYTES = {"1": 1, "L": 1, "P": 1, **dict.fromkeys(SIXTEEN_BIT, 2)}  # Pillow keeps 4 bytes a pixel for the rest
 # Steps before the first scan (segments, fill and stray bytes, each read by Pillow in Python): real files take a
@@ -200,7 +202,7 @@ def _decode(data: bytes, max_pixels: int, shrink_to: tuple[int, int] | None) -> 
     skipped = _shrink_while_decoding(img, shrink_to, structure)
     _check_cost(img, full_size, data, skipped, structure.scans)
     decoded = (full_size[0] >> skipped, full_size[1] >> skipped) if skipped else img.size
-    _check_memory(img, decoded, len(data) + structure.extra_bytes, shrink_to)
+    _check_memory(img, decoded, len(data) + structure.extra_bytes, shrink_to, _decoder_bytes_per_pixel(img, data))
     if len(img.tile) == 1:
         # The bytes are all in memory: hand them to the decoder at once rather than in Pillow's 64 KB reads, each
         # of which makes libjpeg suspend and resume (same pixels, sooner). One tile only: strips or tiles that
@@ -481,11 +483,24 @@ def _check_cost(img: Image.Image, size: tuple[int, int], data: bytes, j2k_skippe
                                           f"about {seconds:.1f} s to decode, over the {DECODE_BUDGET_S:g} s budget")
 
 
-def _check_memory(img: Image.Image, size: tuple[int, int], nbytes: int, shrink_to: tuple[int, int] | None) -> None:
+def _decoder_bytes_per_pixel(img: Image.Image, data: bytes) -> int:
+    """What decoding `img` holds per pixel at its peak (see DECODER_BYTES_PER_PIXEL)."""
+    if img.format in ("AVIF", "HEIF") and img.mode != "RGB":
+        return ALPHA_PLANES_BYTES_PER_PIXEL
+    if img.format == "AVIF":
+        at = data.find(b"av1C")  # the AV1 configuration box: its third byte holds bit depth and colour subsampling
+        flags = data[at + 6] if 0 <= at and at + 6 < len(data) else 0
+        if flags & 0x40 or flags & 0x0C != 0x0C:  # high_bitdepth; or not subsampled both ways (4:4:4, 4:2:2)
+            return AV1_FULL_COLOUR_BYTES_PER_PIXEL
+    return DECODER_BYTES_PER_PIXEL.get(img.format, MODE_BYTES.get(img.mode, 4))
+
+
+def _check_memory(img: Image.Image, size: tuple[int, int], nbytes: int, shrink_to: tuple[int, int] | None,
+                  bytes_per_pixel: int) -> None:
     """Refuse, as too_costly, a decode of `size` pixels (after a JPEG draft or JPEG 2000 levels) estimated to
     need over MAX_DECODE_BYTES: the file, the decoder's peak, and the RGB copy when conversion makes one."""
     pixels = size[0] * size[1]
-    decoded = pixels * DECODER_BYTES_PER_PIXEL.get(img.format, MODE_BYTES.get(img.mode, 4))
+    decoded = pixels * bytes_per_pixel
     factor = _reduce_factor(size, shrink_to)
     copy = 0 if img.mode == "RGB" and factor == 1 else pixels // factor ** 2 * 4
     if nbytes + decoded + copy > MAX_DECODE_BYTES:

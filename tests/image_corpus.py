@@ -131,10 +131,9 @@ def gif_comment_flood(img: Image.Image, blocks: int = MAX_GIF_COMMENT_SUBBLOCKS 
     return gif[:at] + comment + gif[at:]
 
 
-def exif_copies(img: Image.Image, tags: int = 100) -> bytes:
-    """A JPEG whose EXIF tags all point at the same few kilobytes: Pillow keeps a copy per tag, 64 KB can make
-    hundreds of megabytes."""
-    size = 4_000
+def exif_copies(img: Image.Image, tags: int = 100, size: int = 4_000) -> bytes:
+    """A JPEG whose EXIF (of `size` bytes, at most 65,527) has tags that all point at the same bytes: Pillow keeps a
+    copy per tag, so 64 KB can make hundreds of megabytes."""
     entries = b"".join(struct.pack(">HHII", 0xC000 + i, 7, size - 8, 8) for i in range(tags))
     blob = b"MM\0*" + struct.pack(">IH", 8, tags) + entries + b"\0\0\0\0"
     blob = b"Exif\0\0" + blob + bytes(size - len(blob))

@@ -275,3 +275,22 @@ def test_pillows_own_error_log_for_a_file_is_a_note_not_an_error(tmp_path):
     assert info.stdout.strip() == "not_image" and info.stderr == ""  # no format of ours could read it
     (line,) = [line for line in debug.stderr.splitlines() if "samples per pixel" in line.lower()]
     assert line.startswith("DEBUG:serving.imaging:visitor.tif: the decoder said:")
+
+
+@pytest.mark.parametrize("options, kept", [({}, True), ({"subsampling": "4:4:4"}, False), ({"alpha": True}, False)])
+def test_avif_memory_is_estimated_from_its_colour_planes(monkeypatch, options, kept):
+    """libavif holds about 10 bytes a pixel for 4:2:0 colour, 14 for 4:4:4 and 20 with alpha (measured): with a
+    budget of 12.5 bytes a pixel for this picture, only the first fits."""
+    import serving.imaging as imaging
+
+    img = photo((1200, 1000), 7)
+    if options.pop("alpha", False):
+        img = with_transparent_corner(img)
+    data = encode(img, "AVIF", quality=50, speed=10, **options)
+    monkeypatch.setattr(imaging, "MAX_DECODE_BYTES", 15_000_000)
+    if kept:
+        assert open_upright_rgb(io.BytesIO(data)).size == (1200, 1000)
+    else:
+        with pytest.raises(ImageRejected, match=r"AVIF of 1200x1000 would need about \d+ MB to decode") as caught:
+            open_upright_rgb(io.BytesIO(data))
+        assert caught.value.reason == "too_costly"
