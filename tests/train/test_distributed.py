@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -42,7 +43,10 @@ def launched(tmp_path_factory):
     if run.returncode != 0 and "Signal 6 (SIGABRT)" in run.stderr:
         # Seen once in about ten runs, with the 2-core machine busy with other work: a process aborted inside
         # torch's gloo code ("terminate called without an active exception") right after the learning-rate
-        # finder. Once more from scratch before calling it a failure; a second abort fails the tests.
+        # finder; the cause is not found yet. Once more from scratch, and never silently: the abort is reported
+        # in pytest's warnings summary, so that it stays counted. A second abort fails the tests.
+        warnings.warn(f"a training process aborted (SIGABRT) in gloo; ran the launch again:\n{run.stderr[-1500:]}",
+                      RuntimeWarning, stacklevel=1)
         shutil.rmtree(root / "model", ignore_errors=True)
         run = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, run.stderr[-4000:]
