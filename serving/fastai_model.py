@@ -9,6 +9,7 @@ import importlib.util
 from pathlib import Path
 
 from serving.imaging import ImageSource, open_upright_rgb
+from serving.novelty import Verdict
 
 
 def fastai_available() -> bool:
@@ -33,3 +34,7 @@ class FastaiModel:
         with self.learn.no_bar():  # else fastprogress draws a bar into the server log on every request
             _, _, probs = self.learn.predict(img)
         return dict(zip(self.labels, map(float, probs)))
+
+    def judge(self, image: ImageSource) -> Verdict:
+        """The probabilities; an export.pkl carries no training features, so no novelty check."""
+        return Verdict(self.classify(image))

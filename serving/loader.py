@@ -15,10 +15,11 @@ from typing import Protocol
 
 from serving.imaging import ImageSource
 from serving.model import Classifier, ModelFolderError
+from serving.novelty import FEATURES_FILE, Verdict
 from serving.settings import Settings
 
 log = logging.getLogger(__name__)
-SERVING_FILES = ["model.onnx", "config.json", "examples/*"]
+SERVING_FILES = ["model.onnx", "config.json", FEATURES_FILE, "examples/*"]
 
 
 class Model(Protocol):
@@ -26,6 +27,8 @@ class Model(Protocol):
     config: dict
 
     def classify(self, image: ImageSource) -> dict[str, float]: ...
+
+    def judge(self, image: ImageSource) -> Verdict: ...
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ import onnxruntime as ort
 from PIL import Image
 
 from serving.imaging import ImageSource, open_upright_rgb
+from serving.novelty import FEATURES_FILE, NoveltyCheck, NoveltyError, Verdict
 from serving.ort_cache import ORT_ERRORS, PROVIDERS, cached_session
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,8 @@ RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.B
 # "squish": resize the whole image to resize x resize (fastai RandomResizedCrop and Resize(method="squish")).
 # "crop": cut the largest centred square first, then resize (fastai Resize's default method="crop").
 RESIZE_MODES = ("squish", "crop")
+# model.onnx's second output: what its last linear layer reads (serving/novelty.py).
+FEATURES_OUTPUT = "features"
 CONVERT_HINT = "run `python -m training convert {pkl} --out {folder}` to write model.onnx and config.json"
 
 
@@ -138,14 +141,21 @@ def _centre_square(w: int, h: int, size: int) -> tuple[int, int, int, int]:
 
 
 class Classifier:
-    """An exported image classifier: `classify(image)` returns {label: probability} for every label."""
+    """An exported image classifier: `classify(image)` returns {label: probability} for every label, `judge(image)`
+    also whether the image looks like any of them (serving/novelty.py), where the folder can tell."""
 
-    def __init__(self, session: ort.InferenceSession, config: dict, folder: Path | None = None):
-        self.session, self.config, self.folder = session, config, folder
+    def __init__(self, session: ort.InferenceSession, config: dict, folder: Path | None = None,
+                 novelty: NoveltyCheck | None = None):
+        self.session, self.config, self.folder, self.novelty = session, config, folder, novelty
         self.labels: list[str] = list(config["labels"])
         self._pre = Preprocess.from_config(config["preprocess"])
         self._input = session.get_inputs()[0].name
         _check_io(session, self.labels, self._pre.crop, folder)
+        outputs = [o.name for o in session.get_outputs()]
+        # An older model.onnx has the logits only: it serves, without the check.
+        self._features = outputs.index(FEATURES_OUTPUT) if FEATURES_OUTPUT in outputs else None
+        if novelty is not None and not _fits(session, self._features, novelty, folder):
+            self.novelty = None
 
     @classmethod
     def from_folder(cls, path: str | os.PathLike, cache_dir: Path | None = None) -> "Classifier":
@@ -156,8 +166,15 @@ class Classifier:
         """
         folder = Path(path)
         config = read_config(folder)
-        clf = cls(_session(folder / "model.onnx", cache_dir), config, folder)
-        log.info("loaded %s: %d labels, %dpx input", folder, len(clf.labels), clf.input_size)
+        try:
+            novelty = NoveltyCheck.from_folder(folder, config)
+        except NoveltyError as exc:
+            # The classifier is whole without it: serve, and say so (a folder copied without its features file).
+            log.warning("serving without the 'none of these' check: %s", exc)
+            novelty = None
+        clf = cls(_session(folder / "model.onnx", cache_dir), config, folder, novelty)
+        log.info("loaded %s: %d labels, %dpx input, %s", folder, len(clf.labels), clf.input_size,
+                 f"novelty check over {len(novelty.bank):,} training images" if novelty else "no novelty check")
         return clf
 
     @property
@@ -175,11 +192,27 @@ class Classifier:
 
     def classify_batch(self, images: Sequence[ImageSource]) -> list[dict[str, float]]:
         """`classify` for several images, in one forward pass."""
+        return [verdict.probs for verdict in self.judge_batch(images, check=False)]
+
+    def judge(self, image: ImageSource) -> Verdict:
+        """The probabilities, and the image's novelty against the threshold (None where the folder has no check)."""
+        return self.judge_batch([image])[0]
+
+    def judge_batch(self, images: Sequence[ImageSource], check: bool = True) -> list[Verdict]:
+        """`judge` for several images, in one forward pass."""
         if not images:
             return []
-        batch = np.stack([self.preprocess(im) for im in images])
-        logits = self.session.run(None, {self._input: batch})[0]
-        return [dict(zip(self.labels, map(float, row))) for row in softmax(logits)]
+        probs, features = self.run(np.stack([self.preprocess(im) for im in images]))
+        rows = [dict(zip(self.labels, map(float, row))) for row in probs]
+        if not check or self.novelty is None or features is None:
+            return [Verdict(p) for p in rows]
+        return self.novelty.verdicts(rows, features)
+
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """For a preprocessed batch [N, 3, S, S]: probabilities [N, C] in float64, and the features [N, D] (None
+        when model.onnx has no such output)."""
+        outputs = self.session.run(None, {self._input: batch})
+        return softmax(outputs[0]), (outputs[self._features] if self._features is not None else None)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -253,6 +286,18 @@ def _cpu_count() -> int:
         return len(os.sched_getaffinity(0))  # the cores this process may use, e.g. inside a container
     except AttributeError:
         return os.cpu_count() or 1
+
+
+def _fits(session: ort.InferenceSession, index: int | None, novelty: NoveltyCheck, folder: Path | None) -> bool:
+    """Whether the stored features are the model's own kind; else a warning, and the model serves without them."""
+    width = session.get_outputs()[index].shape[-1] if index is not None else None
+    if width == novelty.dim:
+        return True
+    log.warning("serving without the 'none of these' check: %s holds features of %d values, but model.onnx %s; the "
+                "two come from different models (retrain, or delete config.json's `novelty` section)",
+                folder / FEATURES_FILE if folder else FEATURES_FILE, novelty.dim,
+                "has no features output" if width is None else f"outputs {width}")
+    return False
 
 
 def _check_io(session: ort.InferenceSession, labels: list[str], size: int, folder: Path | None) -> None:

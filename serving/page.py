@@ -22,23 +22,45 @@ from serving.web import MESSAGES, Slots, visitor_message
 log = logging.getLogger(__name__)
 
 
+NO_CHECK = ("This model has no \"none of these\" check: it always names one of its labels, whatever the photo "
+            "shows.")
+
+
+def none_of_these(labels: list[str]) -> str:
+    """The sentence for a photo that looks like none of the labels."""
+    named = labels[0] if len(labels) == 1 else f"{', '.join(labels[:-1])} or {labels[-1]}"
+    return (f"⚠️ **This doesn't look like the {named} photos the model learned from.** Its best guess is below, "
+            "but it may well be none of these.")
+
+
 def build_page(loaded: Loaded, settings: Settings, slots: Slots) -> gr.Blocks:
     """Both tabs in one gr.Blocks, with its queue; /predict is the Classify button's API, run in one of `slots`."""
     model = loaded.model
 
-    def classify(image_path: str | None) -> dict[str, float]:
-        """{label: probability} for one uploaded image."""
+    def check(image_path: str | None) -> tuple[dict[str, float], dict]:
+        """{label: probability} for one uploaded image, and whether it looks like any label at all."""
         # print_exception=False: a visitor's bad upload is not a server fault, so no traceback in the log.
         if image_path is None:
             raise gr.Error("Upload a photo (or take one with the webcam) first.", print_exception=False)
         try:
-            return model.classify(image_path)
+            verdict = model.judge(image_path)
         except ImageRejected as exc:
             log.info("refused an upload: %s (%s)", exc.reason, exc)  # the details, for the log only
             raise gr.Error(visitor_message(exc), print_exception=False) from None
         except Exception:
             log.exception("classification failed")  # details stay in the server log
             raise gr.Error(MESSAGES["internal"], print_exception=False) from None
+        return verdict.probs, {"in_domain": verdict.in_domain, "novelty": verdict.novelty,
+                               "novelty_threshold": verdict.threshold}
+
+    def classify(image_path: str | None) -> dict[str, float]:
+        """{label: probability} for one uploaded image."""
+        return check(image_path)[0]
+
+    def sentence(verdict: dict | None) -> str:
+        if verdict and verdict.get("in_domain") is False:
+            return none_of_these(model.labels)
+        return ""
 
     error_rate = f"{loaded.error_rate:.1%}" if loaded.error_rate is not None else "not measured"
     # One gr.Blocks for the whole page, not an Interface and a TabbedInterface around it: every Blocks builds
@@ -46,18 +68,25 @@ def build_page(loaded: Loaded, settings: Settings, slots: Slots) -> gr.Blocks:
     with gr.Blocks(title="What is in this photo?") as demo:
         with gr.Tab("Classify"):
             gr.Markdown(f"# What is in this photo?\nLabels: **{', '.join(model.labels)}**. "
-                        f"Validation error rate: {error_rate}. Model: `{loaded.source}`.")
+                        f"Validation error rate: {error_rate}. Model: `{loaded.source}`."
+                        + ("" if getattr(model, "novelty", None) else f"\n\n{NO_CHECK}"))
             with gr.Row():
                 with gr.Column():
                     photo = UploadedImage(type="filepath", sources=["upload", "webcam", "clipboard"], label="Photo")
                     with gr.Row():
                         clear = gr.ClearButton()
                         submit = gr.Button("Submit", variant="primary")
-                prediction = gr.Label(num_top_classes=min(3, len(model.labels)), label="Prediction")
-            clear.add([photo, prediction])
+                with gr.Column():
+                    note = gr.Markdown(elem_id="none-of-these")
+                    prediction = gr.Label(num_top_classes=min(3, len(model.labels)), label="Prediction")
+            verdict = gr.JSON(visible=False)  # what /check adds to /predict's answer
+            clear.add([photo, prediction, note, verdict])
             if loaded.examples:
                 gr.Examples(loaded.examples, inputs=photo)
-            submit.click(in_slot(classify, slots), photo, prediction, api_name="predict")
+            submit.click(in_slot(check, slots), photo, [prediction, verdict], api_name="check").then(
+                sentence, verdict, note, queue=False, api_visibility="private")
+            # /predict, as it always was, for API clients: the same prediction without the check.
+            gr.Button(visible=False).click(in_slot(classify, slots), photo, prediction, api_name="predict")
         with gr.Tab("How training works"):
             build_sgd_tab(demo)
     # Bounded: past queue_size waiting, visitors are told it's busy. The queue starts as many predictions at a time

@@ -22,7 +22,7 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from gradio_client import utils as client_utils
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
@@ -68,8 +68,14 @@ def visitor_message(exc: ImageRejected) -> str:
 
 
 class Prediction(BaseModel):
-    label: str
-    confidences: dict[str, float]
+    label: str = Field(description="the most probable label")
+    confidences: dict[str, float] = Field(description="every label's probability; they sum to 1")
+    in_domain: bool | None = Field(description="false when the image looks like none of the labels (the model's best "
+                                               "guess is still given); null when this model has no such check")
+    novelty: float | None = Field(description="how far the image is from the training images (cosine distance to "
+                                              "the k-th nearest); null without the check")
+    novelty_threshold: float | None = Field(description="the novelty above which in_domain is false; null without "
+                                                        "the check")
 
 
 class ErrorBody(BaseModel):
@@ -190,8 +196,8 @@ def json_api(model: Model, settings: Settings, slots: Slots) -> FastAPI:
         if len(data) > max_bytes:
             return error_response("too_large")
         try:  # bounded: past this wait, say busy instead of queueing forever; a client gone meanwhile costs nothing
-            probs = await slots.run(model.classify, data, caller=f"/classify for {_address(request)}",
-                                    wait=settings.busy_timeout, gone=client_left(request.receive))
+            verdict = await slots.run(model.judge, data, caller=f"/classify for {_address(request)}",
+                                      wait=settings.busy_timeout, gone=client_left(request.receive))
         except Busy:
             return error_response("busy")
         except Gone:
@@ -203,7 +209,8 @@ def json_api(model: Model, settings: Settings, slots: Slots) -> FastAPI:
         except Exception:
             log.exception("classification failed")  # the details stay in the server log
             return error_response("internal")
-        return Prediction(label=max(probs, key=probs.get), confidences=probs)
+        return Prediction(label=verdict.label, confidences=verdict.probs, in_domain=verdict.in_domain,
+                          novelty=verdict.novelty, novelty_threshold=verdict.threshold)
 
     return app
 

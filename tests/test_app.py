@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import shutil
 import socket
 import subprocess
 import sys
@@ -115,6 +116,44 @@ def test_classify_json_endpoint(live, example, tiny_model):
     assert set(body["confidences"]) == {"circle", "square", "triangle"}  # tests/tiny_model.py's SHAPES
     assert math.isclose(sum(body["confidences"].values()), 1.0, abs_tol=1e-9)
     assert body["label"] == max(body["confidences"], key=body["confidences"].get)
+    # The "none of these" check, with the threshold training wrote into config.json.
+    threshold = json.loads((tiny_model.folder / "config.json").read_text())["novelty"]["threshold"]
+    assert body["novelty_threshold"] == threshold and isinstance(body["novelty"], float)
+    assert body["in_domain"] is (body["novelty"] <= threshold)
+
+
+def test_a_folder_without_the_check_still_serves_and_says_so(tiny_model, example, tmp_path):
+    """An older folder, or an export.pkl converted without --data: in_domain null, and a sentence on the page."""
+    from starlette.testclient import TestClient
+
+    import app
+    from serving.page import NO_CHECK
+
+    folder = tmp_path / "older"
+    shutil.copytree(tiny_model.folder, folder, ignore=shutil.ignore_patterns("novelty_features.npy"))
+    config = json.loads((folder / "config.json").read_text())
+    del config["novelty"]
+    (folder / "config.json").write_text(json.dumps(config))
+    client = TestClient(app.build_app(Settings(model_dir=folder, ort_cache_dir=tmp_path / "ort")))
+    body = client.post("/classify", files={"file": example.open("rb")}).json()
+    assert (body["in_domain"], body["novelty"], body["novelty_threshold"]) == (None, None, None)
+    assert json.dumps(NO_CHECK)[1:-1] in client.get("/config").text
+
+
+def test_the_check_is_in_the_openapi_schema_and_the_gradio_api(live, client):
+    schema = httpx.get(live.url + "/openapi.json", timeout=10).json()["components"]["schemas"]["Prediction"]
+    assert {"in_domain", "novelty", "novelty_threshold"} <= set(schema["properties"])
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert {"/predict", "/check"} <= set(endpoints)
+    assert [r["component"] for r in endpoints["/predict"]["returns"]] == ["Label"]  # unchanged for old clients
+    assert [r["component"] for r in endpoints["/check"]["returns"]] == ["Label", "Json"]
+
+
+def test_check_through_gradio_client(client, example, tiny_model):
+    label, verdict = client.predict(handle_file(str(example)), api_name="/check")
+    threshold = json.loads((tiny_model.folder / "config.json").read_text())["novelty"]["threshold"]
+    assert verdict["novelty_threshold"] == threshold and verdict["in_domain"] is (verdict["novelty"] <= threshold)
+    assert label == client.predict(handle_file(str(example)), api_name="/predict")
 
 
 def test_classify_is_described_in_openapi(live):

@@ -7,10 +7,13 @@ rewrites docs/app.png (otherwise it goes to tests/artifacts/ only, so a test run
 from __future__ import annotations
 
 import io
+import json
 import os
+import shutil
 
 from PIL import Image
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
+from playwright.sync_api import expect
 
 from serving.model import Classifier
 from tests.conftest import SCREENSHOTS
@@ -71,6 +74,33 @@ def test_an_example_image_can_be_picked_and_classified(browser, tiny_model):
         # The first of the model's example images, shown in the same order.
         _, top = _submit(browser, app, lambda page: page.locator(".gallery-item").first.click())
         assert top == max(probs, key=probs.get)
+
+
+def test_a_photo_of_none_of_the_labels_gets_the_sentence_and_an_example_does_not(browser, tiny_model, tmp_path):
+    """The page's part: the sentence shows when the check says "none of these", and goes for an example. The
+    threshold is set here between the two images' scores (a copy of the folder): how training calibrates it is
+    tests/train/test_novelty.py's."""
+    example, _ = _first_example(tiny_model)
+    noise = tmp_path / "noise.png"
+    Image.effect_noise((96, 96), 90).convert("RGB").save(noise)
+    clf = Classifier.from_folder(tiny_model.folder)
+    near, far = clf.judge(example).novelty, clf.judge(noise).novelty
+    assert far > near, (near, far)  # the premise: noise is further from the shapes than one of them
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model.folder, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["novelty"]["threshold"] = (near + far) / 2
+    (folder / "config.json").write_text(json.dumps(config))
+    with LiveApp({"MODEL_DIR": str(folder)}) as app:
+        page, _ = _submit(browser, app, lambda page: page.locator("input[type=file]").first.set_input_files(str(noise)))
+        note = page.locator("#none-of-these")
+        expect(note).to_contain_text("This doesn't look like the circle, square or triangle photos", timeout=15_000)
+        # The example in its place (no Clear, which would empty the sentence by itself): the sentence goes.
+        page.locator("input[type=file]").first.set_input_files(str(example))
+        page.get_by_role("button", name="Submit").click()
+        expect(note).not_to_contain_text("doesn't look like", timeout=30_000)
+        expect(page.get_by_test_id("label-output-value")).to_have_text(max(clf.classify(example),
+                                                                           key=clf.classify(example).get))
 
 
 def test_on_a_space_huggingface_co_may_show_the_page_in_a_frame_and_no_other_site(browser, tiny_model):

@@ -58,6 +58,31 @@ def draw_shape(label: str, rng: random.Random, side: int = SIDE) -> Image.Image:
     return img
 
 
+def draw_unrelated(index: int, side: int = SIDE) -> Image.Image:
+    """An image of a family that is none of the shapes: a photo-like picture (every other one), noise, stripes,
+    a checkerboard or a gradient."""
+    from tests.image_corpus import photo
+
+    rng = random.Random(index)
+    family = index % 8
+    if family % 2 == 0:
+        return photo((side, side), index)
+    if family == 1:
+        return Image.effect_noise((side, side), rng.randint(40, 90)).convert("RGB")
+    if family == 7:
+        return Image.linear_gradient("L").resize((side, side)).rotate(rng.randint(0, 359)).convert("RGB")
+    img = Image.new("RGB", (side, side), tuple(rng.randint(0, 255) for _ in range(3)))
+    draw, step = ImageDraw.Draw(img), rng.randint(4, 12)
+    ink = tuple(rng.randint(0, 255) for _ in range(3))
+    for at in range(0, side, 2 * step):
+        if family == 3:
+            draw.rectangle((at, 0, at + step - 1, side), fill=ink)
+        else:
+            for y in range((at // step) % 2 * step, side, 2 * step):
+                draw.rectangle((at, y, at + step - 1, y + step - 1), fill=ink)
+    return img
+
+
 def tiny_config(data: Path, out: Path, **changes) -> Config:
     """Settings small enough for a CPU test: random weights, 64px, a fixed learning rate."""
     # From random weights the batch-norm statistics need a few dozen steps before validation predictions

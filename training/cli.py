@@ -78,6 +78,10 @@ def _data_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--min-side", type=at_least(1), default=D.min_side, help="reject images smaller than this, in pixels")
     g.add_argument("--max-side", type=at_least(1), default=D.max_side, help="resize so the longest side is at most this")
     g.add_argument("--min-per-label", type=at_least(0), default=D.min_per_label, help="fail if a label keeps fewer images")
+    g = p.add_argument_group("photos of none of the labels (DATA/other/, never trained on; measures 'none of these')")
+    g.add_argument("--other-queries", nargs="+", metavar="QUERY", default=S,
+                   help="image searches for them (default: a few general ones for the bears, else none)")
+    g.add_argument("--other-per-query", type=at_least(1), default=D.other_per_query, help="search results per query")
 
 
 def _train_flags(p: argparse.ArgumentParser, *, with_name: bool) -> None:
@@ -96,6 +100,13 @@ def _train_flags(p: argparse.ArgumentParser, *, with_name: bool) -> None:
     g.add_argument("--lr", type=positive, default=S, help="learning rate (default: the learning-rate finder's suggestion)")
     g.add_argument("--seed", type=int, default=D.seed, help="seed for the validation split and training")
     g.add_argument("--valid-pct", type=fraction, default=D.valid_pct, help="share of images held out for validation")
+    g.add_argument("--other", type=Path, default=S, metavar="DIR",
+                   help="images that show none of the labels, never trained on: the report measures how many the "
+                        "'none of these' check catches (default: DATA/other/ when it exists)")
+    g.add_argument("--novelty-pass-rate", type=fraction, default=D.novelty_pass_rate,
+                   help="share of in-domain validation images the 'none of these' threshold lets pass")
+    g.add_argument("--novelty-k", type=at_least(1), default=D.novelty_k,
+                   help="the novelty score is the cosine distance to this nearest training image")
 
 
 def _hub_flags(p: argparse.ArgumentParser, *, in_all: bool, what: str = "repo") -> None:
@@ -192,6 +203,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("export_pkl", type=Path, help="path to export.pkl")
     p.add_argument("--out", type=Path, required=True, help="model folder to write")
     p.add_argument("--size", type=at_least(MIN_SIZE), default=None, help="input size (default: read from the learner's transforms)")
+    p.add_argument("--data", type=Path, default=None, metavar="DIR",
+                   help="the images it was trained on (DIR/images/<label>/ or DIR/<label>/): adds the 'none of these' "
+                        "check, split as training does (--valid-pct, --seed)")
+    p.add_argument("--valid-pct", type=fraction, default=D.valid_pct, help="share of --data held out for validation")
+    p.add_argument("--seed", type=int, default=D.seed, help="seed of the validation split")
+    p.add_argument("--other", type=Path, default=None, metavar="DIR",
+                   help="images that show none of the labels, to measure the check on (default: DATA/other/)")
+    p.add_argument("--novelty-pass-rate", type=fraction, default=D.novelty_pass_rate,
+                   help="share of validation images the 'none of these' threshold lets pass")
+    p.add_argument("--novelty-k", type=at_least(1), default=D.novelty_k, help="the k-th nearest training image")
     for stage in parser.stages.values():  # -v after the stage name too; absent unless given, so either place works
         stage.add_argument("-v", "--verbose", action="store_true", default=S, help="debug logging")
     return parser
@@ -201,8 +222,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
     """Fill a Config from whichever flags this stage has; the rest keep their defaults."""
     known = {f for f in Config.__dataclass_fields__}
     values = {k: v for k, v in vars(args).items() if k in known and v is not None}
-    if "labels" in values:
-        values["labels"] = tuple(values["labels"])
+    for name in ("labels", "other_queries"):
+        if name in values:
+            values[name] = tuple(values[name])
     return Config(**values)
 
 
@@ -273,5 +295,7 @@ def _run(args: argparse.Namespace) -> int:
         review(config_from_args(args))
     elif args.stage == "convert":
         from training.train.convert import convert
-        convert(args.export_pkl, args.out, size=args.size)
+        convert(args.export_pkl, args.out, size=args.size, data=args.data,
+                settings=D.replace(valid_pct=args.valid_pct, seed=args.seed, other=args.other,
+                                   novelty_pass_rate=args.novelty_pass_rate, novelty_k=args.novelty_k))
     return 0

@@ -10,6 +10,8 @@ from serving.imaging import MAX_PIXELS
 
 # The lesson's example: grizzly, black and teddy bears, searched as "<label> bear".
 DEFAULT_LABELS = ("grizzly", "black", "teddy")
+# For the bears, photos of everything else, to measure "none of these" on (DATA/other/; never trained on).
+DEFAULT_OTHER_QUERIES = ("landscape photo", "city street", "food", "dog", "living room")
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,10 @@ class Config:
     data: Path | None = None  # defaults to data/<name>
     search_pause: float = 1.0  # seconds between queries: image search rate-limits bursts
     search_retries: int = 4
+    # Searches for photos of none of the labels, fetched into DATA/other/ to measure the "none of these" check:
+    # empty means the bears' DEFAULT_OTHER_QUERIES when searching for the bears, else none.
+    other_queries: tuple[str, ...] = ()
+    other_per_query: int = 20
 
     # --- data: download --------------------------------------------------------------------
     allow_private_urls: bool = False  # loopback/private addresses are refused unless set (tests set it)
@@ -60,6 +66,11 @@ class Config:
     seed: int = 42
     valid_pct: float = 0.2
     min_scale: float = 0.5  # RandomResizedCrop keeps at least half the image area
+    # "None of these" (serving/novelty.py): the k-th nearest training image, and the share of validation images
+    # that must pass the threshold. Images showing none of the labels, to measure it on: --other, else DATA/other/.
+    novelty_k: int = 1  # measured best of 1, 5, 10 and 50 here (bench/novelty.py, docs/decisions.md)
+    novelty_pass_rate: float = 0.95
+    other: Path | None = None
 
     # --- publish ---------------------------------------------------------------------------
     repo_id: str | None = None  # Hub model repo "user/name"; `all` publishes only when it is set
@@ -78,6 +89,10 @@ class Config:
     @property
     def data_dir(self) -> Path:
         return self.data if self.data is not None else Path("data") / self.name
+
+    @property
+    def other_dir(self) -> Path:
+        return self.other if self.other is not None else self.data_dir / "other"
 
     @property
     def model_dir(self) -> Path:

@@ -1,6 +1,9 @@
 """training/data/clean.py: which images count as the same picture, and files of the person's own."""
 from __future__ import annotations
 
+import hashlib
+import io
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +15,8 @@ from tests.image_corpus import encode, photo
 from tests.live_app import ROOT
 from training.config import Config
 from training.data.clean import Source, clean_images
+from training.data.decisions import ReviewLog
+from training.data.manifest import Row
 
 
 def _write(folder: Path, name: str, img: Image.Image, fmt: str = "PNG") -> Path:
@@ -89,11 +94,85 @@ def test_stale_images_move_to_trash_on_a_rerun(tmp_path):
     assert len(kept) == 2 and len(now) == 1 and sorted(now + trashed) == kept
 
 
+def _kept_name(label: str, img: Image.Image) -> str:
+    """Where a kept RGB image under max_side goes, by the rule in docs/data.md: sha256 of its size and pixels."""
+    return f"images/{label}/{hashlib.sha256(str(img.size).encode() + img.tobytes()).hexdigest()[:16]}.jpg"
+
+
+def _red_plus(img: Image.Image, levels: int) -> Image.Image:
+    pixels = np.asarray(img, dtype=np.int16).copy()
+    pixels[..., 0] += levels  # photo() keeps red under 230 here: nothing clips, the mean moves by exactly `levels`
+    return Image.fromarray(pixels.astype(np.uint8))
+
+
+def test_every_verdict_and_the_file_it_names(tmp_path):
+    """One of each verdict, rows in the order given; a duplicate names the file of the first of its picture.
+    Red 10 levels up with the same hashes is still a near duplicate (NEAR_DUPLICATE_COLOUR is 10)."""
+    one, two = photo((200, 150), 11), photo((200, 150), 12)
+    files = [("a", _write(tmp_path, "one.png", one))]
+    files += [("a", Path(shutil.copyfile(files[0][1], tmp_path / "one_again.png")))]
+    files += [("a", _write(tmp_path, "one.bmp", one, "BMP")),
+              ("a", _write(tmp_path, "redder.png", _red_plus(one, 10))),
+              ("a", _write(tmp_path, "two.png", two)), ("b", _write(tmp_path, "two.bmp", two, "BMP"))]
+    (tmp_path / "text.png").write_text("not an image at all")
+    files.insert(1, ("c", tmp_path / "text.png"))
+    rows = clean_images([Source(label, str(path), path) for label, path in files], tmp_path / "data",
+                        Config(near_duplicate_distance=0))
+    kept = _kept_name("a", one)
+    assert rows == [Row("a", str(tmp_path / "one.png"), "kept", "", kept),
+                    Row("c", str(tmp_path / "text.png"), "rejected", "not_image", ""),
+                    Row("a", str(tmp_path / "one_again.png"), "duplicate", "same_bytes", kept),
+                    Row("a", str(tmp_path / "one.bmp"), "duplicate", "same_pixels", kept),
+                    Row("a", str(tmp_path / "redder.png"), "duplicate", "near_duplicate", kept),
+                    Row("a", str(tmp_path / "two.png"), "rejected", "same_image_in_two_labels", ""),
+                    Row("b", str(tmp_path / "two.bmp"), "rejected", "same_image_in_two_labels", "")]
+
+
+def test_a_mean_colour_more_than_ten_levels_off_is_another_picture(tmp_path):
+    """Same hashes (distance 0), red 11 levels up: not a near duplicate (10 levels is, above)."""
+    one = photo((200, 150), 11)
+    files = [("a", _write(tmp_path, "one.png", one)), ("a", _write(tmp_path, "reddest.png", _red_plus(one, 11)))]
+    assert _clean(tmp_path, files, near_duplicate_distance=0) == {"one.png": ("kept", ""), "reddest.png": ("kept", "")}
+
+
+def test_the_pixel_and_size_limits_are_the_configs(tmp_path):
+    """Config(max_pixels, min_side, max_bytes) reach the decoder; a file of exactly max_bytes is still taken."""
+    wide, tiny = _write(tmp_path, "wide.png", photo((300, 200), 8)), _write(tmp_path, "tiny.png", photo((60, 60), 9))
+    assert _clean(tmp_path, [("a", wide)], max_pixels=300 * 200 - 1) == {"wide.png": ("rejected", "too_many_pixels")}
+    assert _clean(tmp_path, [("a", tiny)], min_side=61) == {"tiny.png": ("rejected", "too_small")}
+    assert _clean(tmp_path, [("a", wide)], max_bytes=wide.stat().st_size) == {"wide.png": ("kept", "")}
+
+
+def test_a_kept_image_is_the_pillow_jpeg_at_quality_92(tmp_path):
+    img = photo((200, 150), 10)
+    _clean(tmp_path, [("a", _write(tmp_path, "photo.png", img))])
+    expected = io.BytesIO()
+    img.save(expected, "JPEG", quality=92)
+    assert (tmp_path / "data" / _kept_name("a", img)).read_bytes() == expected.getvalue()
+
+
+def test_a_rerun_writes_new_keepers_after_ones_already_there(tmp_path):
+    old, new = photo((200, 150), 13), photo((200, 150), 14)
+    files = [("a", _write(tmp_path, "old.png", old))]
+    _clean(tmp_path, files)
+    _clean(tmp_path, files + [("a", _write(tmp_path, "new.png", new))])
+    assert (tmp_path / "data" / _kept_name("a", new)).is_file()
+
+
+def test_rows_go_through_the_review_log(tmp_path):
+    """An empty review log changes nothing, but the rows must still pass through it."""
+    path = _write(tmp_path, "photo.png", photo((200, 150), 15))
+    rows = clean_images([Source("a", str(path), path)], tmp_path / "data", Config(), ReviewLog([]))
+    assert [(r.status, r.reason) for r in rows] == [("kept", "")]
+
+
 WRITE_CAPPED = """
 import resource, sys
 from pathlib import Path
 from training.config import Config
 from training.data.clean import Source, clean_images
+from training.data.decisions import ReviewLog
+from training.data.manifest import Row
 src = Path(sys.argv[1])
 resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))  # as a disk that fills up mid-write
 try:

@@ -7,7 +7,7 @@ import json
 import pytest
 from PIL import Image
 
-from training.config import Config
+from training.config import DEFAULT_OTHER_QUERIES, Config
 from training.data.manifest import read_manifest
 from training.data.stage import build_dataset
 from training.errors import StageError
@@ -220,3 +220,35 @@ def test_default_policy_refuses_loopback_urls(image_server, tmp_path):
     row, = read_manifest(cfg.data_dir / "manifest.csv")
     assert (row.status, row.reason) == ("rejected", "private_address")
     assert sum(image_server.hits.values()) == hits
+
+
+def test_photos_of_none_of_the_labels_go_to_their_own_folder_never_into_images(image_server, tmp_path, caplog):
+    """--other-queries: searched, downloaded and cleaned like the rest, into DATA/other/ (its own manifest), for
+    train to measure "none of these" on; a search that finds nothing there only means it isn't measured."""
+    def engine(query, n):
+        if query == "nothing here":
+            return []
+        return [image_server.url(f"/good/{query.split()[0]}/{i}.jpg") for i in range(n)]
+
+    cfg = _cfg(tmp_path, labels=("lynx", "puma"), query="{label} cat", max_images=6, search_pause=0.0,
+               min_per_label=0, other_queries=("street", "food"), other_per_query=4)
+    summary = build_dataset(cfg, engine=engine, allow_address=lambda ip: ip.is_loopback)
+    assert set(summary["labels"]) == {"lynx", "puma"}
+    assert sorted(p.name for p in (cfg.data_dir / "images").iterdir()) == ["lynx", "puma"]
+    other = cfg.data_dir / "other"
+    assert {p.name: len(list(p.iterdir())) for p in (other / "images").iterdir()} == {"street": 4, "food": 4}
+    assert [row.status for row in read_manifest(other / "manifest.csv")] == ["kept"] * 8
+
+    quiet = _cfg(tmp_path / "again", labels=("lynx",), max_images=3, search_pause=0.0, min_per_label=0,
+                 other_queries=("nothing here",))
+    build_dataset(quiet, engine=engine, allow_address=lambda ip: ip.is_loopback)
+    assert "no photos of none of the labels" in caplog.text and not (quiet.data_dir / "other" / "images").exists()
+
+
+def test_the_bears_search_also_fetches_photos_of_everything_else(tmp_path):
+    from training.data.stage import other_queries
+
+    assert other_queries(Config()) == DEFAULT_OTHER_QUERIES
+    assert other_queries(Config(labels=("cat", "dog"))) == ()
+    assert other_queries(Config(from_folder=tmp_path)) == ()
+    assert other_queries(Config(labels=("cat",), other_queries=("tree",))) == ("tree",)

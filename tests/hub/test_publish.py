@@ -30,8 +30,8 @@ def publish(*args: str, env: dict) -> subprocess.CompletedProcess:
 
 def expected_files(folder) -> set[str]:
     """What publish must upload from a model folder made by `train`, besides README.md."""
-    wanted = ["model.onnx", "config.json", "export.pkl", "report/*.png", "report/metrics.json", "report/report.md",
-              "report/history.csv", "examples/*"]
+    wanted = ["model.onnx", "config.json", "novelty_features.npy", "export.pkl", "report/*.png",
+              "report/metrics.json", "report/report.md", "report/history.csv", "examples/*"]
     return {p.relative_to(folder).as_posix() for pattern in wanted for p in folder.glob(pattern)}
 
 

@@ -283,6 +283,7 @@ def test_avif_memory_is_estimated_from_its_colour_planes(monkeypatch, options, k
     budget of 12.5 bytes a pixel for this picture, only the first fits."""
     import serving.imaging as imaging
 
+    options = dict(options)  # parametrize hands each run the same dict; a rerun in one process must see it whole
     img = photo((1200, 1000), 7)
     if options.pop("alpha", False):
         img = with_transparent_corner(img)
@@ -294,3 +295,17 @@ def test_avif_memory_is_estimated_from_its_colour_planes(monkeypatch, options, k
         with pytest.raises(ImageRejected, match=r"AVIF of 1200x1000 would need about \d+ MB to decode") as caught:
             open_upright_rgb(io.BytesIO(data))
         assert caught.value.reason == "too_costly"
+
+
+def test_one_pixel_seven_levels_off_is_not_blank():
+    """BLANK_LEVELS is 6: one pixel 7 levels brighter on a flat 100 px square is a picture (nothing is reduced
+    at this size; a 2x reduce would average it down to 2 levels)."""
+    img = Image.new("RGB", (100, 100), (200, 200, 200))
+    img.putpixel((40, 60), (207, 200, 200))
+    assert open_upright_rgb(encode(img, "PNG")).getextrema() == ((200, 207), (200, 200), (200, 200))
+
+
+def test_resize_longest_is_pillows_lanczos_to_the_longest_side():
+    img = photo((300, 200), 3)
+    assert resize_longest(img, 300) is img
+    assert resize_longest(img, 150).tobytes() == img.resize((150, 100), Image.Resampling.LANCZOS).tobytes()

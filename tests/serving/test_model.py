@@ -183,3 +183,66 @@ def test_broken_folders_raise_model_folder_error(tiny_model, tmp_path, names, ed
         Classifier.from_folder(folder)
     assert words in str(err.value)
     assert isinstance(err.value, ValueError)
+
+
+def _spec(**changes) -> dict:
+    """A usable `preprocess` section with `changes`; a change to None drops the key."""
+    spec = {"resize": 256, "crop": 224, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], **changes}
+    return {key: value for key, value in spec.items() if value is not None}
+
+
+def test_preprocess_defaults_are_squish_bilinear_centre():
+    pre = Preprocess.from_config(_spec())
+    assert (pre.resize, pre.resize_mode, pre.resample, pre.crop) == (256, "squish", Image.Resampling.BILINEAR, 224)
+    assert pre.mean.shape == pre.std.shape == (3, 1, 1) and pre.mean.dtype == pre.std.dtype == np.float32
+    assert pre.shrink_to == (256, 256)
+
+
+def test_a_crop_as_large_as_the_resize_is_usable():
+    assert Preprocess.from_config(_spec(crop=256, crop_mode="centre")).crop == 256
+
+
+@pytest.mark.parametrize("changes, problems", [
+    ({"resize_mode": "pad"}, "resize_mode 'pad' is not one of ('squish', 'crop')"),
+    ({"resample": "box"}, "resample 'box' is not one of ('bilinear', 'bicubic', 'nearest', 'lanczos')"),
+    ({"crop": 257}, "crop 257 is larger than resize 256"),
+    ({"crop": 0}, "crop 0 is larger than resize 256"),
+    ({"crop_mode": "random"}, "crop_mode 'random' is not 'centre'"),
+    ({"std": [0.25, 0.0, 0.25]}, "std has a zero"),
+    ({"resize_mode": "pad", "std": [0, 0, 0]}, "resize_mode 'pad' is not one of ('squish', 'crop'); std has a zero"),
+])
+def test_an_unusable_preprocess_section_names_every_problem(changes, problems):
+    with pytest.raises(ModelFolderError) as err:
+        Preprocess.from_config(_spec(**changes))
+    assert str(err.value) == "config.json `preprocess` is unusable: " + problems
+
+
+@pytest.mark.parametrize("changes, cause", [
+    ({"crop": None}, "KeyError('crop')"), ({"resize": None}, "KeyError('resize')"),
+    ({"mean": None}, "KeyError('mean')"), ({"std": None}, "KeyError('std')"),
+    ({"resize": "big"}, "ValueError(\"invalid literal for int() with base 10: 'big'\")"),
+    ({"crop": [224]},
+     "TypeError(\"int() argument must be a string, a bytes-like object or a real number, not 'list'\")"),
+    ({"mean": [0.5, 0.5]}, "ValueError('cannot reshape array of size 2 into shape (3,1,1)')"),
+    ({"std": [0.25] * 4}, "ValueError('cannot reshape array of size 4 into shape (3,1,1)')"),
+])
+def test_an_incomplete_preprocess_section_says_what_it_needs(changes, cause):
+    with pytest.raises(ModelFolderError) as err:
+        Preprocess.from_config(_spec(**changes))
+    assert str(err.value) == (f"config.json `preprocess` is incomplete or malformed ({cause}); it needs resize, crop, "
+                              "mean and std (3 numbers each); re-export the model folder")
+
+
+def test_softmax_is_taken_row_by_row():
+    """Rows a thousand apart: each row's own maximum keeps both finite. By hand: e^0 : e^ln3 = 1 : 3."""
+    logits = np.array([[1000.0, 1000.0 + np.log(3.0)], [-1000.0 + np.log(4.0), -1000.0]])
+    np.testing.assert_allclose(softmax(logits), [[0.25, 0.75], [0.8, 0.2]], rtol=1e-12)
+
+
+def test_the_centre_box_is_exact_only_where_float32_holds_it():
+    """By hand: 16/256 and 240/256 of 500 and 375 are 31.25, 23.4375, 468.75, 351.5625, all exact in binary; 224/256
+    of each is the width. A resize that is not a power of two has no exact box."""
+    from serving.model import _exact_box
+    assert _exact_box((500, 375), 256, 16, 224) == (31.25, 23.4375, 468.75, 351.5625)
+    assert _exact_box((500, 375), 384, 16, 352) is None
+    assert _exact_box((3, 74567), 256, 15, 225) is None  # 225 * 74567 / 256 needs more than float32's 24 bits

@@ -24,7 +24,7 @@ def folder(tiny_model, tmp_path) -> Path:
     """A model folder of this test's own, so its model.onnx can be changed."""
     folder = tmp_path / "m"
     folder.mkdir()
-    for name in ("model.onnx", "config.json"):
+    for name in ("model.onnx", "config.json", "novelty_features.npy"):
         shutil.copyfile(tiny_model.folder / name, folder / name)
     return folder
 
@@ -62,8 +62,8 @@ def test_without_a_cache_folder_nothing_is_written(folder, image_file):
     clf = Classifier.from_folder(folder)
     assert clf.session._model_path == str(folder / "model.onnx")
     assert sum(clf.classify(image_file).values()) == pytest.approx(1)
-    assert set(env_cache.rglob("*")) == before and set(folder.iterdir()) == {folder / "model.onnx",
-                                                                             folder / "config.json"}
+    assert set(env_cache.rglob("*")) == before
+    assert set(folder.iterdir()) == {folder / "model.onnx", folder / "config.json", folder / "novelty_features.npy"}
 
 
 def test_a_changed_model_file_is_optimized_afresh(folder, tiny_model, tmp_path):

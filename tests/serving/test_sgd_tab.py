@@ -158,8 +158,9 @@ def test_the_train_button_by_fn_index_checks_the_same_limits(live):
     assert not done["success"] and done["output"]["error"] == PREFIX + OVER
 
 
-def test_only_sgd_and_predict_are_public_endpoints(client):
-    assert set(client.view_api(return_format="dict", print_info=False)["named_endpoints"]) == {"/predict", "/sgd"}
+def test_only_sgd_predict_and_check_are_public_endpoints(client):
+    assert set(client.view_api(return_format="dict", print_info=False)["named_endpoints"]) == {"/predict", "/check",
+                                                                                               "/sgd"}
 
 
 @pytest.mark.parametrize("settings,phrase", [

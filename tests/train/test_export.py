@@ -68,13 +68,29 @@ def test_config_json_records_versions_metrics_and_dataset(config, tiny_model):
 def test_onnx_model_has_the_contract_signature(tiny_model):
     model = onnx.load(str(tiny_model.folder / "model.onnx"))
     onnx.checker.check_model(model)
-    (inp,), (out,) = model.graph.input, model.graph.output
-    assert inp.name == "input" and out.name == "logits"
+    (inp,), (out, features) = model.graph.input, model.graph.output
+    assert (inp.name, out.name, features.name) == ("input", "logits", "features")  # logits first: old clients
     assert inp.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
-    in_dims = [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim]
-    out_dims = [d.dim_param or d.dim_value for d in out.type.tensor_type.shape.dim]
+    in_dims, out_dims, feature_dims = ([d.dim_param or d.dim_value for d in t.type.tensor_type.shape.dim]
+                                       for t in (inp, out, features))
     assert isinstance(in_dims[0], str) and in_dims[1:] == [3, 64, 64]  # dynamic batch axis
     assert isinstance(out_dims[0], str) and out_dims[1:] == [3]
+    assert isinstance(feature_dims[0], str) and feature_dims[1:] == [512]  # what resnet18's last Linear reads
+
+
+def test_the_features_output_is_what_the_last_linear_layer_reads(tiny_model, learn, valid_items):
+    """Checked with a forward hook on the learner's own last Linear, not with the export's wrapper."""
+    clf = Classifier.from_folder(tiny_model.folder)
+    x = np.stack([clf.preprocess(p) for p in valid_items[:4]])
+    seen = []
+    last = [m for m in learn.model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    hook = last.register_forward_hook(lambda module, args, output: seen.append(args[0].detach().numpy()))
+    try:
+        with torch.no_grad():
+            learn.model.eval()(torch.from_numpy(x))
+    finally:
+        hook.remove()
+    assert np.allclose(clf.run(x)[1], seen[0], rtol=1e-3, atol=1e-3)
 
 
 def test_onnx_path_matches_learn_predict_on_every_validation_image(tiny_model, learn, valid_items):
@@ -169,6 +185,6 @@ def test_an_onnx_file_that_disagrees_with_the_torch_model_is_refused(learn, tiny
     with torch.no_grad():
         last.weight += 0.5
     _check_folder(learn.model, tmp_path)  # the model it was exported from: agrees
-    with pytest.raises(StageError, match=rf"model.onnx disagrees with the torch model \(max difference .*\); torch "
-                                         rf"{re.escape(torch.__version__)} may have exported it wrongly"):
+    with pytest.raises(StageError, match=rf"model.onnx's logits disagree with the torch model \(max difference .*\); "
+                                         rf"torch {re.escape(torch.__version__)} may have exported it wrongly"):
         _check_folder(other, tmp_path)

@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 
 from serving.imaging import FORMAT_NAMES
-from training.config import DEFAULT_LABELS, Config
+from training.config import DEFAULT_LABELS, DEFAULT_OTHER_QUERIES, Config
 from training.data.clean import Source, clean_images
 from training.data.decisions import read_log
 from training.data.download import download_all
@@ -34,11 +34,36 @@ def build_dataset(cfg: Config, engine: SearchEngine | None = None, allow_address
     try:
         # A review page open on this folder moves images too; one writer at a time, or each undoes the other.
         with DataLock(cfg.data_dir, "python -m training data"):
-            return _build(cfg, engine, allow_address)
+            summary = _build(cfg, engine, allow_address)
     except BaseException:
         if new:  # refused before anything was fetched (a missing --urls file, say): leave no empty folder behind
             _remove_if_only_lock(cfg.data_dir)
         raise
+    _build_other_set(cfg, engine, allow_address)
+    return summary
+
+
+def other_queries(cfg: Config) -> tuple[str, ...]:
+    """The searches for photos of none of the labels: --other-queries, or the bears' own when searching for them."""
+    if cfg.urls or cfg.from_folder or cfg.archive:
+        return cfg.other_queries
+    return cfg.other_queries or (DEFAULT_OTHER_QUERIES if not cfg.labels else ())
+
+
+def _build_other_set(cfg: Config, engine: SearchEngine | None, allow_address) -> None:
+    """DATA/other/: a small data folder of photos showing none of the labels (one folder per query under its
+    images/, its own manifest), fetched and cleaned like the rest, for `train` to measure "none of these" on.
+    Outside DATA/images/, so never trained on; a search that finds nothing only means it isn't measured."""
+    queries = other_queries(cfg)
+    if not queries:
+        return
+    other = cfg.replace(data=cfg.other_dir, labels=queries, query="{label}", max_images=cfg.other_per_query,
+                        min_per_label=0, urls=None, from_folder=None, archive=None, other_queries=())
+    log.info("data: %d searches for photos of none of the labels, into %s", len(queries), other.data_dir)
+    try:
+        build_dataset(other, engine, allow_address)
+    except StageError as exc:
+        log.warning("no photos of none of the labels (%s): the report will say the check was not measured", exc)
 
 
 def _remove_if_only_lock(data_dir: Path) -> None:

@@ -23,15 +23,18 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 
+from serving.novelty import FEATURES_FILE
 from training.config import Config
 from training.errors import StageError
 from training.hub.access import HUB_ERRORS, check_private, check_repo_id, connect, fresh_folder, reason
 from training.train.evaluate import per_class_table
+from training.train.novelty import novelty_markdown
 
 log = logging.getLogger(__name__)
 
 REQUIRED = ("model.onnx", "config.json")  # what the app serves
-OPTIONAL = ("export.pkl",)  # for load_learner users; a folder made by `convert` may lack it
+# export.pkl for load_learner users (a folder made by `convert` may lack it); the "none of these" check's features.
+OPTIONAL = ("export.pkl", FEATURES_FILE)
 REPORT = ("report/*.png", "report/metrics.json", "report/report.md", "report/history.csv")
 # A rerun replaces these folders as a whole, so a retrained model leaves no stale example or plot behind.
 REPLACED = ["examples/*", "report/*"]
@@ -130,7 +133,8 @@ def _commit_message(config: dict) -> tuple[str, str]:
 def model_card(config: dict, cfg: Config, files: list[str]) -> str:
     """README.md for the model repo: Hub metadata, then what the model does, how well, how made, how to use it."""
     data = _card_data(config, cfg)
-    sections = [_intro(config, cfg), _evaluation(config, files), _training(config), _limitations(config),
+    sections = [_intro(config, cfg), _evaluation(config, files), novelty_markdown(config.get("novelty")),
+                _training(config), _limitations(config),
                 _versions(config), _usage(config, cfg, files)]
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(sections))
     return str(card).rstrip("\n") + "\n"

@@ -40,6 +40,19 @@ def serve(review: Review, port: int, count: int) -> None:
     # One event at a time: each click re-reads the folder, so two at once could act on a stale list.
     page.queue(default_concurrency_limit=1)
     log.info("reviewing %s with %s: open http://127.0.0.1:%d (Ctrl-C stops)", review.data_dir, review.model_dir, port)
+    # Ctrl-C stops the page whenever it comes, during launch() too: with our own wait rather than Gradio's (which
+    # swallows Ctrl-C with a print of its own), and launch() inside, the command ends the same way whatever the
+    # timing (once, under load, a Ctrl-C that came as launch() returned ended it as "interrupted").
+    try:
+        _launch(page, review, port)
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        page.close()
+
+
+def _launch(page, review: Review, port: int) -> None:
     try:
         # A page that moves files in your data folder is not one to share: share=False even where Gradio would
         # turn sharing on by itself (hosted notebooks such as Colab, GRADIO_SHARE). quiet: the line above says
@@ -50,14 +63,6 @@ def serve(review: Review, port: int, count: int) -> None:
                     prevent_thread_lock=True)
     except OSError as exc:
         raise StageError(f"can't serve the review page on port {port} ({exc}); pass another --port") from exc
-    # Our own wait rather than Gradio's: Gradio's swallows Ctrl-C with a print of its own, unless it comes
-    # before launch() reaches it, so the command's ending would depend on timing.
-    try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        page.close()
 
 
 class LocalOnlyApp(App):

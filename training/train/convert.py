@@ -1,6 +1,6 @@
 """Turn an existing fastai export.pkl (for example the course notebook's) into a model folder the app serves.
 
-    python -m training convert export.pkl --out models/bears [--size 224]
+    python -m training convert export.pkl --out models/bears [--size 224] [--data data/bears]
 
 Writes OUT/model.onnx, OUT/config.json and a copy of export.pkl, the same way `python -m training train`
 does. There is no data here, so config.json's metrics are empty and its dataset, seed and training are null.
@@ -14,10 +14,13 @@ import re
 import shutil
 from pathlib import Path
 
+from fastai.data.transforms import RandomSplitter, get_image_files, parent_label
 from fastai.learner import load_learner
 
+from training.config import Config
 from training.errors import StageError
 from training.train.export import library_versions, write_folder
+from training.train.novelty import add_novelty_check, add_to_report, other_images
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +29,10 @@ LOAD_ERRORS = (AttributeError, ImportError, NameError, RuntimeError, TypeError, 
                pickle.UnpicklingError)
 
 
-def convert(export_pkl: Path, out: Path, size: int | None = None) -> Path:
-    """Load export.pkl and write model.onnx, config.json and a copy of export.pkl into `out`."""
+def convert(export_pkl: Path, out: Path, size: int | None = None, data: Path | None = None,
+            settings: Config = Config()) -> Path:
+    """Load export.pkl and write model.onnx, config.json and a copy of export.pkl into `out`; with the training
+    images in `data`, the "none of these" check too (settings: the split, k, pass rate and --other)."""
     export_pkl = Path(export_pkl)
     trained = _trained_info(out, export_pkl)
     learn = load_export(export_pkl)
@@ -37,8 +42,29 @@ def convert(export_pkl: Path, out: Path, size: int | None = None) -> Path:
     info = trained or {"arch": "unknown", "pretrained": None, "metrics": {}, "dataset": None, "seed": None,
                        "made_by": "convert", "converted_from": export_pkl.name, "training": None}
     config = write_folder(learn, out, info, size=size)
+    if data is not None:
+        _add_novelty_check(out, data, config["labels"], settings)
+    else:
+        log.info("no --data: the folder serves without a 'none of these' check")
     log.info("converted %s: %d labels at %dpx; wrote %s", export_pkl, len(config["labels"]), config["input_size"], out)
     return out
+
+
+def _add_novelty_check(out: Path, data: Path, labels: list[str], settings: Config) -> None:
+    """The check from the training images in `data`, split as `train` splits them."""
+    images = data / "images" if (data / "images").is_dir() else data
+    items = get_image_files(images)
+    found = sorted({parent_label(p) for p in items})
+    if not items or not set(found) <= set(labels):
+        raise StageError(f"--data {data} should hold the training images in one folder per label ({', '.join(labels)})"
+                         f"; found {'labels ' + ', '.join(found) if found else 'no images'}")
+    train_idx, valid_idx = RandomSplitter(settings.valid_pct, seed=settings.seed)(items)
+    other = settings.other if settings.other is not None else data / "other"
+    section = add_novelty_check(out, [items[i] for i in train_idx], [items[i] for i in valid_idx],
+                                k=settings.novelty_k, pass_rate=settings.novelty_pass_rate,
+                                others=other_images(other), seed=settings.seed)
+    if (out / "report").is_dir():
+        add_to_report(out / "report", section)
 
 
 def _trained_info(out: Path, export_pkl: Path) -> dict | None:

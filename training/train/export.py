@@ -23,6 +23,7 @@ from fastai.data.transforms import IntToFloatTensor, Normalize
 from fastai.vision.augment import RandomResizedCrop, Resize, ResizeMethod
 
 from serving.model import FORMAT_VERSION, RESAMPLE, Classifier, ModelFolderError
+from serving.novelty import FEATURES_FILE
 from serving.ort_cache import ORT_ERRORS
 from training.errors import StageError
 
@@ -49,6 +50,7 @@ def write_folder(learn, out: Path, info: dict, size: int | None = None) -> dict:
     config = {"format_version": FORMAT_VERSION, "labels": [str(v) for v in learn.dls.vocab],
               "input_size": spec["crop"], "preprocess": spec, **info, "versions": library_versions()}
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (out / FEATURES_FILE).unlink(missing_ok=True)  # an earlier model's: the check is added after this, or not at all
     _check_folder(learn.model, out)
     log.info("model.onnx (%.1f MB) agrees with the torch model; config.json lists %d labels",
              (out / "model.onnx").stat().st_size / 1e6, len(config["labels"]))
@@ -115,15 +117,45 @@ def _norm_stats(tfms: list) -> tuple[list[float], list[float]]:
     return mean, std
 
 
+class LogitsAndFeatures(torch.nn.Module):
+    """A model's logits, and the features its last linear layer reads from them (serving/novelty.py's input).
+
+    The last nn.Linear is taken out of a copy of the model and applied to what the rest outputs: the same logits
+    for any model that ends in it (fastai's heads, torchvision's and timm's classifiers). _check_folder compares
+    the logits with the model's own, so a model that doesn't end in its last Linear can't pass unnoticed.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.body = copy.deepcopy(model)
+        name = _last_linear(self.body)
+        self.linear = self.body.get_submodule(name)
+        parent, _, attr = name.rpartition(".")
+        setattr(self.body.get_submodule(parent) if parent else self.body, attr, torch.nn.Identity())
+
+    def forward(self, x):
+        features = self.body(x)
+        return self.linear(features), features
+
+
+def _last_linear(model: torch.nn.Module) -> str:
+    names = [name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    if not names:
+        raise StageError("the model has no linear layer to read features before; the app needs a classifier "
+                         "that ends in one (every fastai vision_learner and timm model does)")
+    return names[-1]
+
+
 def write_onnx(model: torch.nn.Module, path: Path, size: int) -> None:
-    """Export `model` in eval mode on CPU, float32, to ONNX: input `input` [N,3,S,S], output `logits` [N,C]."""
+    """Export `model` in eval mode on CPU, float32, to ONNX: input `input` [N,3,S,S], outputs `logits` [N,C]
+    and `features` [N,D] (what the last linear layer reads)."""
     # A copy, so the learner keeps its device, precision and train/eval mode.
-    model = copy.deepcopy(model).float().cpu().eval()
+    model = LogitsAndFeatures(model).float().cpu().eval()
     sample = torch.zeros(2, 3, size, size)
     with warnings.catch_warnings(), torch.no_grad(), _quiet("onnxscript", "onnx_ir"):
         warnings.simplefilter("ignore")  # the exporter's deprecation chatter says nothing about this model
-        torch.onnx.export(model, (sample,), str(path), input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        torch.onnx.export(model, (sample,), str(path), input_names=["input"], output_names=["logits", "features"],
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}, "features": {0: "batch"}},
                           dynamo=True, external_data=False, verbose=False)
 
 
@@ -156,12 +188,16 @@ def _check_folder(model: torch.nn.Module, out: Path) -> None:
                              "exported it wrongly: try another torch version") from exc
         raise StageError(f"the model folder just written does not load: {exc}") from exc
     x = np.random.default_rng(0).standard_normal((3, 3, clf.input_size, clf.input_size)).astype(np.float32)
-    got = clf.session.run(None, {"input": x})[0]
+    got, got_features = clf.session.run(["logits", "features"], {"input": x})
     with torch.no_grad():
         want = copy.deepcopy(model).float().cpu().eval()(torch.from_numpy(x)).numpy()
-    if not np.allclose(got, want, rtol=1e-3, atol=1e-3):
-        raise StageError(f"model.onnx disagrees with the torch model (max difference {np.abs(got - want).max():.2g}); "
-                         f"torch {torch.__version__} may have exported it wrongly, try another torch version")
+        want_features = LogitsAndFeatures(model).float().cpu().eval()(torch.from_numpy(x))[1].numpy()
+    for name, a, b in (("logits", got, want), ("features", got_features, want_features)):
+        if a.shape != b.shape or not np.allclose(a, b, rtol=1e-3, atol=1e-3):
+            difference = f"max difference {np.abs(a - b).max():.2g}" if a.shape == b.shape else \
+                f"shape {a.shape} against {b.shape}"
+            raise StageError(f"model.onnx's {name} disagree with the torch model ({difference}); torch "
+                             f"{torch.__version__} may have exported it wrongly, try another torch version")
 
 
 def write_examples(folder: Path, examples: dict[str, list[Path]]) -> None:

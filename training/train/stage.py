@@ -45,6 +45,7 @@ from training.errors import StageError
 from training.train import distributed
 from training.train.evaluate import evaluate
 from training.train.export import EXAMPLES_PER_LABEL, export
+from training.train.novelty import add_novelty_check, add_to_report, other_images
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,11 @@ def _write_model(learn, folder: Path, resolved: Config, evaluation, dataset: dic
     # settings.json keeps the batch size asked for, config.json the one used (smaller on a small dataset).
     info = _config_info(resolved.replace(batch_size=learn.dls.bs), evaluation.metrics, dataset, seconds, processes)
     export(learn, folder, info=info, examples=evaluation.examples(EXAMPLES_PER_LABEL))
+    others = other_images(resolved.other_dir)
+    section = add_novelty_check(folder, [Path(p) for p in learn.dls.train.items], evaluation.items,
+                                k=resolved.novelty_k, pass_rate=resolved.novelty_pass_rate, others=others,
+                                seed=resolved.seed)
+    add_to_report(folder / "report", section)
     resolved.write(folder / "settings.json")
 
 
