@@ -173,8 +173,9 @@ class Classifier:
             log.warning("serving without the 'none of these' check: %s", exc)
             novelty = None
         clf = cls(_session(folder / "model.onnx", cache_dir), config, folder, novelty)
-        log.info("loaded %s: %d labels, %dpx input, %s", folder, len(clf.labels), clf.input_size,
-                 f"novelty check over {len(novelty.bank):,} training images" if novelty else "no novelty check")
+        # clf.novelty, not novelty: the classifier drops a check whose features don't fit its model.
+        checked = f"novelty check over {len(clf.novelty.bank):,} training images" if clf.novelty else "no novelty check"
+        log.info("loaded %s: %d labels, %dpx input, %s", folder, len(clf.labels), clf.input_size, checked)
         return clf
 
     @property

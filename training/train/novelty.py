@@ -29,7 +29,7 @@ def add_novelty_check(folder: Path, train_items: Sequence[Path], valid_items: Se
     """Write the folder's check and return config.json's `novelty` section (also written into config.json)."""
     clf = Classifier.from_folder(folder, cache_dir=None)
     train_items = _at_most(list(train_items), MAX_FEATURES, seed)
-    bank = normalised(_features(clf, train_items, "training images")).astype(np.float16)
+    bank = normalised(_probs_and_features(clf, train_items, "training images")[1]).astype(np.float16)
     np.save(folder / FEATURES_FILE, bank, allow_pickle=False)
     bank = bank.astype(np.float32)
     valid_probs, valid_features = _probs_and_features(clf, valid_items, "validation images")
@@ -81,10 +81,6 @@ def _at_most(items: list[Path], n: int, seed: int) -> list[Path]:
     log.info("keeping the features of %d of %d training images (the app's bound)", n, len(items))
     keep = np.random.default_rng(seed).choice(len(items), n, replace=False)
     return [items[i] for i in sorted(keep)]
-
-
-def _features(clf: Classifier, items: Sequence[Path], what: str) -> np.ndarray:
-    return _probs_and_features(clf, items, what)[1]
 
 
 def _probs_and_features(clf: Classifier, items: Sequence[Path], what: str) -> tuple[np.ndarray, np.ndarray]:
