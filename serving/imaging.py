@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import hashlib
 import io
 import logging
 import math
@@ -176,6 +177,20 @@ def resize_longest(img: Image.Image, max_side: int) -> Image.Image:
     if max(img.size) <= max_side:
         return img
     return ImageOps.contain(img, (max_side, max_side), Image.Resampling.LANCZOS)
+
+
+# A training image: its longest side at most TRAINING_MAX_SIDE (training crops 224 px; 512 leaves room for
+# RandomResizedCrop), saved as JPEG at this quality (visually lossless: training data, not thumbnails).
+TRAINING_MAX_SIDE, TRAINING_JPEG_QUALITY = 512, 92
+
+
+def training_jpeg(img: Image.Image, max_side: int = TRAINING_MAX_SIDE) -> tuple[bytes, str]:
+    """An upright RGB image as the data stage stores it: shrunk to `max_side`, JPEG; and the SHA-256 of its pixels,
+    which names the file, so that the same picture always gets the same name (the clean stage and app feedback)."""
+    img = resize_longest(img, max_side)
+    out = io.BytesIO()
+    img.save(out, "JPEG", quality=TRAINING_JPEG_QUALITY)
+    return out.getvalue(), hashlib.sha256(f"{img.size}".encode() + img.tobytes()).hexdigest()
 
 
 # --- decoding, within the budget ---------------------------------------------------------------------------

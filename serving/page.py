@@ -12,6 +12,7 @@ import logging
 
 import gradio as gr
 
+from serving.feedback import open_feedback
 from serving.gradio_workarounds import UploadedImage, in_slot
 from serving.imaging import ImageRejected
 from serving.loader import Loaded
@@ -36,6 +37,7 @@ def none_of_these(labels: list[str]) -> str:
 def build_page(loaded: Loaded, settings: Settings, slots: Slots) -> gr.Blocks:
     """Both tabs in one gr.Blocks, with its queue; /predict is the Classify button's API, run in one of `slots`."""
     model = loaded.model
+    feedback = open_feedback(settings, loaded.source)  # None unless FEEDBACK_REPO or FEEDBACK_DIR is set
 
     def check(image_path: str | None) -> tuple[dict[str, float], dict]:
         """{label: probability} for one uploaded image, and whether it looks like any label at all."""
@@ -79,12 +81,18 @@ def build_page(loaded: Loaded, settings: Settings, slots: Slots) -> gr.Blocks:
                 with gr.Column():
                     note = gr.Markdown(elem_id="none-of-these")
                     prediction = gr.Label(num_top_classes=min(3, len(model.labels)), label="Prediction")
+                    if feedback is not None:
+                        from serving.feedback_box import FeedbackBox
+                        box = FeedbackBox(model, feedback, slots, photo)
             verdict = gr.JSON(visible=False)  # what /check adds to /predict's answer
             clear.add([photo, prediction, note, verdict])
             if loaded.examples:
                 gr.Examples(loaded.examples, inputs=photo)
-            submit.click(in_slot(check, slots), photo, [prediction, verdict], api_name="check").then(
-                sentence, verdict, note, queue=False, api_visibility="private")
+            checked = submit.click(in_slot(check, slots), photo, [prediction, verdict], api_name="check")
+            checked.then(sentence, verdict, note, queue=False, api_visibility="private")
+            if feedback is not None:  # "Wrong?" under a prediction, never before one
+                checked.success(box.show, None, box.group, queue=False, api_visibility="private")
+                clear.click(box.hide, None, [box.group, box.answer, box.status], queue=False, api_visibility="private")
             # /predict, as it always was, for API clients: the same prediction without the check.
             gr.Button(visible=False).click(in_slot(classify, slots), photo, prediction, api_name="predict")
         with gr.Tab("How training works"):

@@ -85,6 +85,20 @@ class Settings:
     # A private folder, unlike a shared /tmp where another user could plant a model; from_env honours $XDG_CACHE_HOME.
     ort_cache_dir: Path = _env("ORT_CACHE_DIR", _user_cache, "a folder for onnxruntime's optimized models", Path)
 
+    # Visitors' corrections (serving/feedback.py): off unless one of these two is set. A Hub dataset repo, created
+    # private if missing (needs a token with write access, HF_TOKEN); or a local folder, which with FEEDBACK_REPO is
+    # where rows wait to be pushed (on a Space, /data/... when persistent storage is on, or they go with a restart).
+    feedback_repo: str | None = _env("FEEDBACK_REPO", None, "a Hub dataset repo, user/name")
+    feedback_dir: Path | None = _env("FEEDBACK_DIR", None, "a folder for visitors' corrections", Path)
+    # A few corrections a minute is all one honest visitor makes; more is a script.
+    feedback_per_minute: int = _env("FEEDBACK_PER_MINUTE", 3, "a whole number of corrections, 1 or more", int,
+                                    lambda n: n >= 1)
+    # For the whole app: bounds the disk and the Hub commits whatever anyone sends (about 100 KB a correction).
+    feedback_per_hour: int = _env("FEEDBACK_PER_HOUR", 100, "a whole number of corrections, 1 or more", int,
+                                  lambda n: n >= 1)
+    # Minutes between pushes to FEEDBACK_REPO: CommitScheduler's own default (fractions allowed: tests use seconds).
+    feedback_every: float = _env("FEEDBACK_EVERY", 5.0, "a number of minutes above 0, such as 5", float, _above_zero)
+
     def __post_init__(self):
         for f in fields(self):
             value = getattr(self, f.name)
@@ -98,6 +112,13 @@ class Settings:
         if "ort_cache_dir" not in values and env.get("XDG_CACHE_HOME"):
             values["ort_cache_dir"] = Path(env["XDG_CACHE_HOME"]) / "serving-ort"
         return cls(**values)
+
+    @property
+    def feedback_outbox(self) -> Path:
+        """Where corrections wait to be pushed to feedback_repo: FEEDBACK_DIR, else a folder of the user's cache."""
+        if self.feedback_dir is not None:
+            return self.feedback_dir
+        return Path.home() / ".cache" / "bearcub-feedback" / str(self.feedback_repo).replace("/", "--")
 
     @property
     def max_upload_bytes(self) -> int:

@@ -7,7 +7,8 @@
         assert set(hub.files("model", "alice/bears")) >= {"model.onnx", "config.json"}
 
 It is a real HTTP server (ThreadingHTTPServer on 127.0.0.1, port 0) that answers the routes the installed
-`huggingface_hub` 2.4 calls: whoami, repo create/info/tree/commits/refs, preupload, the git-LFS batch API with
+`huggingface_hub` 2.4 calls: whoami, repo create/info/tree/commits/refs (models, Spaces and datasets),
+preupload, the git-LFS batch API with
 a PUT upload and a verify call, the ndjson commit API, `resolve` downloads (HEAD and GET, with ranges), README
 YAML validation and Space variables, secrets, runtime and hardware. State lives in memory and is inspected with
 `.repo()`, `.commits()`, `.files()`, `.variables()` and `.requests`; `.create()` and `.commit()` seed repos
@@ -29,7 +30,7 @@ How a test must configure the client (huggingface_hub reads its settings once, w
 - Tokens: pass one explicitly (`token="hf_good"`, or `token=False` for none). Like the real Hub, a request
   carrying an unknown token gets 401 even on a public repo, so a stray HF_TOKEN in the environment shows up.
 
-What it does not do: datasets, branches other than `main`, tags, pull requests, Xet, multipart LFS, gated
+What it does not do: branches other than `main`, tags, pull requests, Xet, multipart LFS, gated
 repos, organisations. A request to any route it lacks gets 404 with a body that names the route, so a missing
 feature shows up as a clear failure, never as silent success.
 """
@@ -57,8 +58,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import yaml
 
-KINDS = {"models": "model", "spaces": "space"}
-URL_PREFIX = {"model": "", "space": "spaces/"}
+KINDS = {"models": "model", "spaces": "space", "datasets": "dataset"}
+URL_PREFIX = {"model": "", "space": "spaces/", "dataset": "datasets/"}
 
 # The real Hub sends text files over this size to LFS; binaries always go there.
 DEFAULT_LFS_THRESHOLD_BYTES = 10 * 1000 * 1000
@@ -308,8 +309,8 @@ def _iter_chunked(rfile) -> Iterator[bytes]:
 
 Route = tuple[str, re.Pattern, str]
 _REPO = r"(?P<repo>[^/]+/[^/]+)"
-_API_REPO = rf"/api/(?P<kinds>models|spaces)/{_REPO}"
-_GIT_REPO = rf"/(?:(?P<kinds>spaces)/)?{_REPO}"
+_API_REPO = rf"/api/(?P<kinds>models|spaces|datasets)/{_REPO}"
+_GIT_REPO = rf"/(?:(?P<kinds>spaces|datasets)/)?{_REPO}"
 _ROUTES: list[Route] = [
     (m, re.compile(f"^{pattern}$"), name)
     for m, pattern, name in [
@@ -652,7 +653,7 @@ class StandInHub:
         namespace = payload.get("organization") or user
         repo_id = f"{namespace}/{payload.get('name')}"
         if kind not in URL_PREFIX:
-            raise HubError(400, f"The stand-in Hub supports model and space repos, not {kind!r}")
+            raise HubError(400, f"The stand-in Hub supports model, space and dataset repos, not {kind!r}")
         if namespace != user:
             raise HubError(403, f'You don\'t have the rights to create a {kind} under the namespace "{namespace}"')
         url = f"{self.endpoint}/{URL_PREFIX[kind]}{repo_id}"

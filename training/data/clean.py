@@ -7,7 +7,6 @@ hash of its pixels, so the same picture always lands on the same name and reruns
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import shutil
 from dataclasses import dataclass
@@ -17,13 +16,12 @@ import imagehash
 from PIL import ImageStat
 from tqdm import tqdm
 
-from serving.imaging import ImageRejected, open_upright_rgb, resize_longest
+from serving.imaging import ImageRejected, open_upright_rgb, resize_longest, training_jpeg
 from training.config import Config
 from training.data.decisions import ReviewLog
 from training.data.manifest import Row
 
 log = logging.getLogger(__name__)
-JPEG_QUALITY = 92  # visually lossless; these files are training data, not thumbnails
 # A near duplicate is the same picture resized or recompressed: its mean colour moves by a level or two. Hashes
 # are computed in grey, so without this a red and a green version of one simple shape would match.
 NEAR_DUPLICATE_COLOUR = 10
@@ -85,12 +83,10 @@ def _decode(index: int, src: Source, cfg: Config) -> _Decoded:
     img = open_upright_rgb(data, max_pixels=cfg.max_pixels, min_side=cfg.min_side,
                            shrink_to=(cfg.max_side, cfg.max_side), name=src.url)
     img = resize_longest(img, cfg.max_side)
-    pixels = hashlib.sha256(f"{img.size}".encode() + img.tobytes()).hexdigest()
-    out = io.BytesIO()
-    img.save(out, "JPEG", quality=JPEG_QUALITY)
+    jpeg, pixels = training_jpeg(img, cfg.max_side)  # the app's feedback stores its uploads the same way
     phash, dhash = int(str(imagehash.phash(img)), 16), int(str(imagehash.dhash(img)), 16)
     informative = all(MIN_INFORMATIVE_BITS <= h.bit_count() <= 64 - MIN_INFORMATIVE_BITS for h in (phash, dhash))
-    return _Decoded(index, src, out.getvalue(), hashlib.sha256(data).hexdigest(), pixels, phash, dhash,
+    return _Decoded(index, src, jpeg, hashlib.sha256(data).hexdigest(), pixels, phash, dhash,
                     tuple(ImageStat.Stat(img).mean), informative)
 
 
