@@ -145,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", formatter_class=fmt, help="find, download, verify, clean and deduplicate images",
                        description="Build data/<name>/images/<label>/ and a manifest accounting for every URL.")
     _data_flags(p)
+    p.add_argument("--from-feedback", default=S, metavar="REPO_OR_DIR",
+                   help="instead: bring the app's feedback (its FEEDBACK_REPO dataset or FEEDBACK_DIR) into the data "
+                        "folder, pending review (DATA/feedback/), then `python -m training review` keeps or moves it")
 
     p = sub.add_parser("train", formatter_class=fmt, help="fine-tune, evaluate and export a model folder",
                        description="Fine-tune a resnet on data/<name>/images and write models/<name>/.")
@@ -270,7 +273,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     # Stages import lazily: `data` must not pay for importing torch, nor `--help` for anything.
-    if args.stage == "data":
+    if args.stage == "data" and getattr(args, "from_feedback", None):
+        from training.data.feedback import import_feedback
+        import_feedback(config_from_args(args))
+    elif args.stage == "data":
         from training.data.stage import build_dataset
         build_dataset(config_from_args(args))
     elif args.stage == "train":

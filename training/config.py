@@ -27,6 +27,8 @@ class Config:
     urls: Path | None = None  # CSV `label,url`, or one URL a line for a single label
     from_folder: Path | None = None  # one subfolder per label
     archive: str | None = None  # .zip/.tgz of label folders, path or URL
+    # Visitors' corrections to bring in for review: the app's FEEDBACK_REPO (a Hub dataset) or FEEDBACK_DIR.
+    from_feedback: str | None = None
     data: Path | None = None  # defaults to data/<name>
     search_pause: float = 1.0  # seconds between queries: image search rate-limits bursts
     search_retries: int = 4

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from serving.imaging import ImageRejected, open_upright_rgb, resize_longest, training_jpeg
 from training.config import Config
-from training.data.decisions import ReviewLog
+from training.data.decisions import ReviewLog, in_trash, is_pending
 from training.data.manifest import Row
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,8 @@ def clean_images(sources: list[Source], data_dir: Path, cfg: Config, review: Rev
             rows[i] = row
     if review is not None:
         rows = review.apply(rows)  # type: ignore[arg-type]
-    _write_kept({rows[d.index].file: d.jpeg for d in decoded if rows[d.index].status == "kept"}, data_dir)
+    _write_kept({rows[d.index].file: d.jpeg for d in decoded if rows[d.index].status == "kept"}, data_dir,
+                _kept_feedback(review))
     return rows  # type: ignore[return-value]
 
 
@@ -137,9 +138,17 @@ def _kept_path(d: _Decoded) -> str:
     return f"images/{d.source.label}/{d.pixel_digest[:16]}.jpg"
 
 
-def _write_kept(kept: dict[str, bytes], data_dir: Path) -> None:
-    """Write new keepers ({path under data_dir: JPEG}) atomically; move files no longer kept to trash/."""
-    wanted = {data_dir / file for file in kept}
+def _kept_feedback(review: ReviewLog | None) -> set[str]:
+    """Where review put the visitors' photos it took into images/ (`data --from-feedback`): no input of this run."""
+    if review is None:
+        return set()
+    return {place for original, place in review.places().items() if is_pending(original) and not in_trash(place)}
+
+
+def _write_kept(kept: dict[str, bytes], data_dir: Path, also: set[str] = frozenset()) -> None:
+    """Write new keepers ({path under data_dir: JPEG}) atomically; move files no longer kept, and not `also`
+    (paths under data_dir kept from elsewhere), to trash/."""
+    wanted = {data_dir / file for file in [*kept, *also]}
     for file, jpeg in kept.items():
         target = data_dir / file
         if target.exists():

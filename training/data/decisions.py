@@ -26,6 +26,10 @@ from training.errors import StageError
 LOG_NAME = "review.csv"
 ACTIONS = ("keep", "delete", "relabel", "undo")
 TRASH = "trash"
+# Visitors' photos (`data --from-feedback`) wait in feedback/<the visitor's label>/<name> until reviewed; kept as
+# "none of these", they go to other/feedback/<name>, with the photos that measure the "none of these" check.
+PENDING, OTHER = "feedback", "other/feedback"
+NONE_OF_THESE = "none of these"
 
 
 @dataclass(frozen=True)
@@ -51,7 +55,8 @@ def now() -> str:
 
 
 def image_path(path: object) -> tuple[str, str] | None:
-    """(label, name) when `path` is images/<label>/<name> or trash/images/<label>/<name> with plain names, else None.
+    """(label, name) when `path` is images/<label>/<name>, feedback/<label>/<name> or other/feedback/<name> (label:
+    "none of these"), or one of those under trash/, with plain names; else None.
 
     Plain: not empty, not hidden (so not . or ..), no separator. Those are the only paths review writes or reads,
     so a log naming any other (outside the data folder, say) was not written by review, and is not acted on.
@@ -60,14 +65,27 @@ def image_path(path: object) -> tuple[str, str] | None:
         return None
     parts = path.split("/")
     parts = parts[1:] if parts[0] == TRASH else parts
-    if len(parts) != 3 or parts[0] != "images" or not all(map(_plain, parts[1:])):
+    if len(parts) == 3 and "/".join(parts[:2]) == OTHER and _plain(parts[2]):
+        return NONE_OF_THESE, parts[2]
+    if len(parts) != 3 or parts[0] not in ("images", PENDING) or not all(map(_plain, parts[1:])):
         return None
     return parts[1], parts[2]
 
 
 def is_original(path: object) -> bool:
-    """Whether `path` can name an image in the log: where cleaning first put it, images/<label>/<name>."""
-    return image_path(path) is not None and not in_trash(path)
+    """Whether `path` can name an image in the log: where cleaning first put it, images/<label>/<name>, or where
+    `data --from-feedback` put a visitor's photo, feedback/<label>/<name>."""
+    return image_path(path) is not None and not in_trash(path) and not is_other(path)
+
+
+def is_pending(path: str) -> bool:
+    """Whether `path` is a visitor's photo waiting for review: feedback/<label>/<name>."""
+    return path.startswith(PENDING + "/")
+
+
+def is_other(path: str) -> bool:
+    """Whether `path` is a visitor's photo kept as showing none of the labels: other/feedback/<name>."""
+    return path.startswith(OTHER + "/")
 
 
 def _plain(name: str) -> bool:
@@ -75,8 +93,9 @@ def _plain(name: str) -> bool:
 
 
 def label_of(path: str) -> str:
-    """The label an image path puts it under: images/<label>/x.jpg or trash/images/<label>/x.jpg."""
-    return PurePosixPath(path).parent.name
+    """The label an image path puts it under: images/<label>/x.jpg or trash/images/<label>/x.jpg (feedback/<label>/
+    the same; other/feedback/x.jpg: "none of these")."""
+    return NONE_OF_THESE if is_other(path.removeprefix(TRASH + "/")) else PurePosixPath(path).parent.name
 
 
 def in_trash(path: str) -> bool:
@@ -157,12 +176,16 @@ def _row_now(row: Row, original: str, place: str, reviewed: bool) -> Row:
     """The manifest row of the image first kept at `original`, now at `place`."""
     if row.status == "duplicate":
         return replace(row, file=place)  # a duplicate points at the copy that was kept, wherever it went
-    if row.status != "kept" and row.reason != "removed_by_review":
+    if row.status not in ("kept", "pending_review") and row.reason != "removed_by_review":
         return row  # not the image's own row: cleaning dropped that input for a reason of its own
     if in_trash(place):
-        return Row(label_of(place), row.url, "rejected", "removed_by_review", place)
-    reason = "relabelled" if place != original else "kept_by_review" if reviewed else ""
-    return Row(label_of(place), row.url, "kept", reason, place)
+        return replace(row, label=label_of(place), status="rejected", reason="removed_by_review", file=place)
+    if is_pending(place):  # a visitor's photo no change in force has taken out of feedback/
+        return replace(row, label=label_of(place), status="pending_review", reason="", file=place)
+    # A visitor's photo kept under the label the visitor gave is kept, not relabelled: only its folder changed.
+    moved = label_of(place) != label_of(original) if is_pending(original) else place != original
+    reason = "relabelled" if moved else "kept_by_review" if reviewed else ""
+    return replace(row, label=label_of(place), status="kept", reason=reason, file=place)
 
 
 def read_log(data_dir: Path) -> ReviewLog:

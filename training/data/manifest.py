@@ -10,7 +10,8 @@ from pathlib import Path
 
 from training.errors import StageError
 
-STATUSES = ("kept", "duplicate", "rejected", "failed")
+# pending_review: a visitor's photo brought in by `data --from-feedback`, in DATA/feedback/, until review decides.
+STATUSES = ("kept", "duplicate", "rejected", "failed", "pending_review")
 # Reasons `python -m training review` gives. A person's decision fits the four statuses above, so every count
 # that adds up over STATUSES still adds up: a deleted image is "rejected", a relabelled one is "kept".
 REVIEW_REASONS = ("removed_by_review",  # rejected: moved to trash/ by a reviewer; `file` says where it lies
@@ -25,7 +26,8 @@ class Row:
     status: str  # one of STATUSES
     reason: str  # a short code (http_404, truncated, near_duplicate, ...); "" when kept and never reviewed
     file: str  # kept: its file under images/; duplicate: the kept file it repeats; removed_by_review: its
-    #            file under trash/; else ""
+    #            file under trash/; pending_review: its file under feedback/; else ""
+    source: str = ""  # "feedback" for a visitor's photo (`data --from-feedback`); "" for the data stage's own inputs
 
 
 FIELDS = [f.name for f in fields(Row)]

@@ -16,12 +16,24 @@ from pathlib import Path
 from serving.imaging import FORMAT_NAMES
 from training.config import DEFAULT_LABELS, DEFAULT_OTHER_QUERIES, Config
 from training.data.clean import Source, clean_images
-from training.data.decisions import read_log
+from training.data.decisions import NONE_OF_THESE, read_log
 from training.data.download import download_all
+from training.data.feedback import SOURCE as FEEDBACK
 from training.data.lock import LOCK_NAME, DataLock
-from training.data.manifest import Row, check_label, count_rows, write_manifest
+from training.data.manifest import (
+    Row,
+    check_label,
+    count_rows,
+    read_manifest,
+    write_manifest,
+)
 from training.data.search import SearchEngine, search_images
-from training.data.sources import archive_items, folder_items, input_fingerprint, read_url_list
+from training.data.sources import (
+    archive_items,
+    folder_items,
+    input_fingerprint,
+    read_url_list,
+)
 from training.errors import StageError
 
 log = logging.getLogger(__name__)
@@ -93,6 +105,7 @@ def _build(cfg: Config, engine: SearchEngine | None, allow_address) -> dict:
                 if i in unique and not is_url]
     for (i, _), row in zip(sources, clean_images([s for _, s in sources], data_dir, cfg, review)):
         rows[i] = row
+    rows += _feedback_rows(data_dir)  # no input of this run, but in the data folder all the same
 
     write_manifest(rows, data_dir / "manifest.csv")  # type: ignore[arg-type]
     cfg.write(data_dir / "settings.json", inputs=inputs_seen)  # how this folder was made, and from what
@@ -101,6 +114,12 @@ def _build(cfg: Config, engine: SearchEngine | None, allow_address) -> dict:
     _log_summary(summary, data_dir)
     _check_enough(summary, cfg)
     return summary
+
+
+def _feedback_rows(data_dir: Path) -> list[Row]:
+    """The rows `data --from-feedback` added to the manifest (as review has left them), kept by every rerun."""
+    path = data_dir / "manifest.csv"
+    return [r for r in read_manifest(path) if r.source == FEEDBACK] if path.is_file() else []
 
 
 def _gather_inputs(cfg: Config, engine: SearchEngine | None) -> list[tuple[str, str, bool]]:
@@ -177,7 +196,9 @@ PRIVATE_HINT = " (private and loopback addresses are refused; --allow-private-ur
 
 
 def _check_enough(summary: dict, cfg: Config) -> None:
-    short = {label: c["kept"] for label, c in summary["labels"].items() if c["kept"] < cfg.min_per_label}
+    # (the labels the run asked for: a visitor's photo kept as "none of these" is counted, but is no label)
+    short = {label: c["kept"] for label, c in summary["labels"].items()
+             if c["kept"] < cfg.min_per_label and label != NONE_OF_THESE}
     if short:
         listed = ", ".join(f"{label!r} kept {n}" for label, n in short.items())
         reasons = ", ".join(f"{reason} ({n})" for reason, n in list(summary["reasons"].items())[:3])

@@ -26,8 +26,24 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable
 
-from training.data.decisions import (LOG_NAME, TRASH, Change, ReviewLog, image_path, in_trash, is_original,
-                                     label_of, log_text, now, read_log)
+from training.data.decisions import (
+    LOG_NAME,
+    NONE_OF_THESE,
+    OTHER,
+    PENDING,
+    TRASH,
+    Change,
+    ReviewLog,
+    image_path,
+    in_trash,
+    is_original,
+    is_other,
+    is_pending,
+    label_of,
+    log_text,
+    now,
+    read_log,
+)
 from training.data.lock import DataLock
 from training.data.manifest import Row, count_rows, read_manifest, write_manifest
 from training.errors import StageError
@@ -51,8 +67,8 @@ def check_writable(data_dir: Path) -> None:
     """Raise StageError, before anything changes, unless every folder review writes to can be written."""
     images = data_dir / "images"
     folders = [data_dir, images, *(d for d in images.iterdir() if d.is_dir())]
-    trash = data_dir / TRASH
-    folders += [trash, *(d for d in trash.rglob("*") if d.is_dir())] if trash.is_dir() else []
+    for extra in (data_dir / TRASH, data_dir / PENDING, data_dir / OTHER):  # visitors' photos move from and to these
+        folders += [extra, *(d for d in extra.rglob("*") if d.is_dir())] if extra.is_dir() else []
     for folder in folders:
         try:
             fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-probe-")
@@ -113,6 +129,20 @@ class DataFolder:
             raise StageError(f"can't move {place} to {target}: another image has that name; rename one of them")
         return self._commit(change)
 
+    def admit(self, original: str, label: str) -> Change:
+        """Take a visitor's photo out of feedback/: under images/<label>/ (one of `self.labels`), or, for "none of
+        these", into other/feedback/. Under the label the visitor gave it is a keep, under another a relabel."""
+        place = self._current(original)
+        if not is_pending(place):
+            raise StageError(f"{place} is not a visitor's photo waiting for review; reload the page")
+        name = Path(place).name
+        target = f"{OTHER}/{name}" if label == NONE_OF_THESE else f"images/{label}/{name}"
+        change = Change(now(), "keep" if label == label_of(place) else "relabel", original, place, target)
+        self._check(change)  # `label` is whatever the caller sent: refuse it before its path is looked up on disk
+        if os.path.lexists(self.dir / target) or self.log.names().get(target, original) != original:
+            raise StageError(f"can't move {place} to {target}: another image has that name; delete one of them")
+        return self._commit(change)
+
     def undo(self) -> Change:
         """Reverse the latest change still in force."""
         active = self.log.active()
@@ -128,7 +158,8 @@ class DataFolder:
         for original in then.keys() | current.keys():
             a, b = then.get(original, original), current.get(original, original)
             if a != b:
-                kinds["deleted" if in_trash(b) else "restored" if in_trash(a) else "relabelled"] += 1
+                kinds["deleted" if in_trash(b) else "restored" if in_trash(a) else "pending again" if is_pending(b)
+                      else "added from feedback" if is_pending(a) else "relabelled"] += 1
         return kinds
 
     def is_label(self, label: object) -> bool:
@@ -169,7 +200,12 @@ class DataFolder:
         """Raise StageError unless the change moves an image of this data folder to a place inside it."""
         if not is_original(change.original):
             raise StageError(f"{change.original!r} is not an image in {self.dir / 'images'}, so nothing was changed")
-        if not in_trash(change.after):
+        if is_pending(change.after) or is_other(change.after):
+            # Only a visitor's photo goes there: back to where it waited (undo), or kept as "none of these".
+            if not is_pending(change.original) or (is_pending(change.after) and change.after != change.original):
+                raise StageError(f"{change.original!r} can't go to {change.after!r}, so nothing was changed: only "
+                                 f"a visitor's photo waiting in {PENDING}/ can be kept as {NONE_OF_THESE!r}")
+        elif not in_trash(change.after):
             # All between images/ and the name, so that a label sent as "a/../b" is named, and refused, as sent.
             label = change.after.removeprefix("images/").rpartition("/")[0]
             if not self.is_label(label):

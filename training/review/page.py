@@ -19,6 +19,7 @@ import gradio as gr
 from gradio.routes import App, ORJSONResponse
 from starlette.responses import PlainTextResponse
 
+from training.data.decisions import NONE_OF_THESE
 from training.errors import StageError
 from training.review.state import Card, Review
 
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 LOCAL_HOST = re.compile(r"(127\.0\.0\.1|localhost|\[::1\])(:\d{1,5})?", re.IGNORECASE)
 
 SPLITS = ["valid", "train"]
+# Visitors' photos brought in by `data --from-feedback`, shown first while any wait: nothing trains on them until kept.
+PENDING = "pending feedback"
 CSS = """
 .review-card { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 6px; }
 .review-card .caption p { margin: 2px 0; font-size: 0.9em; overflow-wrap: anywhere; }
@@ -122,7 +125,8 @@ def build_page(review: Review, count: int) -> gr.Blocks:
         changed = gr.Markdown(changed_text(review), elem_id="changed")
         with gr.Row():
             label = gr.Dropdown(review.labels, value=review.labels[0], label="Label", elem_id="label")
-            split = gr.Radio(SPLITS, value="valid", label="Split, as training drew it", elem_id="split")
+            split = gr.Radio([PENDING, *SPLITS], value=PENDING if review.pending(1) else "valid",
+                             label="Split, as training drew it, or visitors' photos waiting", elem_id="split")
             undo = gr.Button("Undo last change", elem_id="undo", size="md", scale=0, min_width=180)
         status = gr.Markdown("", elem_id="status")
         version = gr.State(0)  # bumped by every change, so the cards redraw
@@ -131,30 +135,41 @@ def build_page(review: Review, count: int) -> gr.Blocks:
 
         @gr.render(inputs=[label, split, version])
         def cards(label_value: str, split_value: str, drawn: int):
-            shown = review.hardest(label_value, split_value, count)
-            if not shown:
-                gr.Markdown(f"No **{label_value}** images in the {split_value} split.", elem_id="no-cards")
+            if split_value == PENDING:  # every label's: the visitor's label is on each card
+                shown = review.pending(count)
+                if not shown:
+                    gr.Markdown("No visitors' photos are waiting for review.", elem_id="no-cards")
+            else:
+                shown = review.hardest(label_value, split_value, count)
+                if not shown:
+                    gr.Markdown(f"No **{label_value}** images in the {split_value} split.", elem_id="no-cards")
             with gr.Row():
                 for card in shown:
-                    _card(review, card, version, outputs, drawn)
+                    _card(review, card, version, outputs, drawn, pending=split_value == PENDING)
     return page
 
 
-def _card(review: Review, card: Card, version: gr.State, outputs: list, drawn: int) -> None:
-    """One image: the picture, what the model says about it, and the three actions."""
+def _card(review: Review, card: Card, version: gr.State, outputs: list, drawn: int, pending: bool = False) -> None:
+    """One image: the picture, what the model says about it, and the three actions. A visitor's photo (`pending`)
+    says what the visitor and the app's model said; Keep puts it under the visitor's label."""
     stem = re.sub(r"[^A-Za-z0-9_-]", "-", card.original.rsplit("/", 1)[-1].rsplit(".", 1)[0])
     with gr.Column(min_width=200, scale=0, elem_classes="review-card", elem_id=f"card-{stem}"):
         gr.Image(str(review.data_dir / card.path), show_label=False, interactive=False, height=180,
                  container=False, buttons=["fullscreen"])
         note = f"  \n*{card.note}*" if card.note else ""
         wrong = f" (not {card.label})" if card.predicted != card.label else ""
-        gr.Markdown(f"`{card.path.rsplit('/', 1)[-1]}`  \npredicted **{card.predicted}** {card.probability:.0%}{wrong}"
-                    f"  \nloss **{card.loss:.2f}**{note}", elem_classes="caption")
+        if pending:
+            gr.Markdown(f"`{card.path.rsplit('/', 1)[-1]}`  \nthe visitor says **{card.label}**  \nthe app's model "
+                        f"said **{card.predicted}** {card.probability:.0%}{note}", elem_classes="caption")
+        else:
+            gr.Markdown(f"`{card.path.rsplit('/', 1)[-1]}`  \npredicted **{card.predicted}** "
+                        f"{card.probability:.0%}{wrong}  \nloss **{card.loss:.2f}**{note}", elem_classes="caption")
         with gr.Row():
             keep = gr.Button("Keep", size="sm", min_width=60)
             delete = gr.Button("Delete", size="sm", variant="stop", min_width=60)
         # Keyed by the drawing: otherwise the browser keeps a menu's old choice on whichever card takes its place.
-        move = gr.Dropdown([x for x in review.labels if x != card.label], value=None, label="Move to label",
+        targets = [*review.labels, NONE_OF_THESE] if pending else review.labels
+        move = gr.Dropdown([x for x in targets if x != card.label], value=None, label="Move to label",
                            elem_classes="move", key=f"move-{card.original}-{drawn}")
     keep.click(partial(_act, review, "keep", card.original), inputs=version, outputs=outputs)
     delete.click(partial(_act, review, "delete", card.original), inputs=version, outputs=outputs)
@@ -165,7 +180,12 @@ def _card(review: Review, card: Card, version: gr.State, outputs: list, drawn: i
 def _act(review: Review, action: str, original: str, version: int):
     _check_image(review, original)
     try:
-        change = review.data.keep(original) if action == "keep" else review.data.delete(original)
+        if action == "delete":
+            change = review.data.delete(original)
+        elif original not in review.split:  # a visitor's photo: kept under the visitor's label
+            change = review.data.admit(original, review.data.place(original).split("/")[1])
+        else:
+            change = review.data.keep(original)
     except StageError as exc:
         raise _refused(str(exc)) from None
     done = f"Kept `{change.after}`." if action == "keep" else f"Deleted `{change.before}` (now in `{change.after}`)."
@@ -179,11 +199,12 @@ def _mover(review: Review, original: str):
         # The menu offers only labels, but an API call can send any value as the one chosen: named here as sent,
         # where DataFolder's refusal could name only the folder it would make of it.
         label = chosen.value
-        if not review.data.is_label(label):
+        visitors = original not in review.split
+        if not (review.data.is_label(label) or (visitors and label == NONE_OF_THESE)):
             raise _refused(f"{label!r:.80} is not one of this dataset's labels, so nothing was changed: move "
                            f"images to {', '.join(review.labels)}")
         try:
-            change = review.data.relabel(original, label)
+            change = review.data.admit(original, label) if visitors else review.data.relabel(original, label)
         except StageError as exc:
             raise _refused(str(exc)) from None
         return version + 1, f"Moved `{change.before}` to **{label}** (`{change.after}`).", changed_text(review)
@@ -200,7 +221,7 @@ def _undo(review: Review, version: int):
 
 def _check_image(review: Review, original: str) -> None:
     """Refuse an image the page could not have shown: every card is one of the split's images."""
-    if original not in review.split:
+    if original not in review.split and not review.is_pending(original):
         raise _refused(f"{original!r:.80} is not one of the images of {review.data_dir}, so nothing was changed")
 
 

@@ -28,7 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from serving.model import Classifier, ModelFolderError, read_config
-from training.data.decisions import ReviewLog, in_trash, label_of
+from training.data.decisions import PENDING, ReviewLog, in_trash, label_of
+from training.data.feedback import ROWS_FILE
+from training.data.manifest import read_manifest
 from training.errors import StageError
 from training.review.actions import DataFolder, image_files, label_folders, write_text
 
@@ -128,6 +130,19 @@ class Review:
         cards = [self._card(o, p, _note(o, p, o in reviewed)) for o, p in chosen]
         return sorted(cards, key=lambda c: -c.loss)[:count]
 
+    def pending(self, count: int) -> list[Card]:
+        """Up to `count` visitors' photos waiting for review (`data --from-feedback`), oldest first, each with the
+        visitor's label and what the app's model said when it was sent."""
+        manifest = self.data_dir / "manifest.csv"
+        rows = [r for r in read_manifest(manifest) if r.status == "pending_review"] if manifest.is_file() else []
+        rows = [r for r in rows if (self.data_dir / r.file).is_file()][:count]
+        answers = _sent_rows(self.data_dir / PENDING / ROWS_FILE) if rows else {}
+        return [_pending_card(r.file, r.label, answers.get(r.file, {})) for r in rows]
+
+    def is_pending(self, original: str) -> bool:
+        """Whether `original` is a visitor's photo now waiting for review."""
+        return any(card.original == original for card in self.pending(count=10**9))
+
     def changed_since_training(self) -> Counter:
         """Images deleted, relabelled or restored since the model was trained."""
         return self.data.changes_since(self.trained_at)
@@ -216,6 +231,33 @@ def _split_warnings(config: dict, data_dir: Path, n: int, gone: int) -> list[str
                         "changed outside review, so the train/valid split shown is approximate. Train again for "
                         "an exact one")
     return warnings
+
+
+def _sent_rows(path: Path) -> dict[str, dict]:
+    """{file under the data folder: the row the app wrote for it}, from DATA/feedback/rows.jsonl."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return {}
+    rows = {}
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("file"), str):
+            rows[row["file"]] = row
+    return rows
+
+
+def _pending_card(file: str, label: str, sent: dict) -> Card:
+    """A visitor's photo as the page shows it: `label` is the visitor's, `predicted` the app's model's."""
+    probs = sent.get("probabilities") if isinstance(sent.get("probabilities"), dict) else {}
+    predicted = str(sent.get("predicted", "?"))
+    probability = probs.get(predicted, float("nan"))
+    note = f"sent by a visitor to {sent.get('model', 'the app')} at {sent.get('time', '?')}"
+    return Card(file, file, label, predicted, float(probability) if isinstance(probability, (int, float)) else
+                float("nan"), float("nan"), note)
 
 
 def _note(original: str, place: str, reviewed: bool) -> str:

@@ -155,8 +155,12 @@ def _ordinal(n: int) -> str:
 
 def other_images(folder: Path) -> list[Path]:
     """The images showing none of the labels in `folder`: its images/ when the data stage made it (its manifest and
-    search cache aside), else every file in it; none when it doesn't exist."""
+    search cache aside) and feedback/, visitors' photos a reviewer kept as "none of these"; else every file in it;
+    none when it doesn't exist."""
     if not folder.is_dir():
         return []
-    return image_files(folder / "images" if (folder / "images").is_dir() else folder)
+    if not (folder / "images").is_dir():
+        return image_files(folder)
+    feedback = folder / "feedback"
+    return image_files(folder / "images") + (image_files(feedback) if feedback.is_dir() else [])
 
