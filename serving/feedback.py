@@ -98,7 +98,7 @@ class FeedbackStore:
         self.folder, self.model = folder, model
         (folder / IMAGES).mkdir(parents=True, exist_ok=True)
         (folder / ROWS).mkdir(parents=True, exist_ok=True)
-        started = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+        started = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")  # files sort in the order made
         self.rows_file = folder / ROWS / f"{started}-{uuid.uuid4().hex[:8]}.jsonl"
         # CommitScheduler lists and reads the folder under its lock: a row or image is never half there for it.
         self.lock = scheduler_lock or threading.Lock()
