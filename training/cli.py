@@ -185,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "free cpu-basic when new)")
     p.add_argument("--model-dir", type=Path, default=None,
                    help="with --dry-run: the published model folder, for its labels and examples")
+    p.add_argument("--feedback-repo", default=S, metavar="NS/NAME",
+                   help="turn on visitors' corrections: a Hub dataset repo (created private) the Space pushes them to; "
+                        "needs a token with write access as the Space secret HF_TOKEN (default: leave it as it is)")
     _hub_flags(p, in_all=False, what="Space")
     _dry_run_flags(p)
 

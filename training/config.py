@@ -82,6 +82,8 @@ class Config:
     # The trained weights' licence. The web images they learned from keep their owners' rights (see the card).
     license: str = "apache-2.0"
     hardware: str | None = None  # Space hardware; None keeps what the Space has (free cpu-basic when new)
+    # A Hub dataset repo for visitors' corrections (the Space variable FEEDBACK_REPO); None leaves feedback as it is.
+    feedback_repo: str | None = None
 
     # --- review ----------------------------------------------------------------------------
     review_port: int = 7861  # next to the app's 7860, so the demo and the review page can run side by side

@@ -154,6 +154,21 @@ def test_a_branch_is_refused_unless_allowed(tiny_model, tmp_path):
         assert missing.returncode == 2 and f"has no revision {'0' * 40}" in missing.stderr
 
 
+def test_feedback_repo_becomes_a_space_variable_and_the_token_it_needs_is_named(tiny_model, tmp_path):
+    with StandInHub(tokens={TOKEN: "alice"}) as hub:
+        hub.create("model", MODEL)
+        published = hub.commit("model", MODEL, model_files(tiny_model.folder))
+        env = hub.client_env(tmp_path / "hf", token=TOKEN)
+        done = training(*deploy_args(published, "--feedback-repo", "alice/shapes-feedback"), env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert hub.variables(SPACE) == {"MODEL_REPO": MODEL, "MODEL_REVISION": published,
+                                        "FEEDBACK_REPO": "alice/shapes-feedback"}
+        assert "token with write access" in done.stderr and "Space secret HF_TOKEN" in done.stderr
+        assert hub.repo("space", SPACE).secrets == {}  # never the deployer's own token
+        bad = training(*deploy_args(published, "--feedback-repo", "no-slash"), env=env)
+        assert bad.returncode == 2 and "--feedback-repo" in bad.stderr
+
+
 @pytest.mark.parametrize("refusal, extra, message", [
     ({"refuse_space_creation": True}, [], SPACE_REFUSAL_MESSAGE.format(sdk="gradio")),
     ({}, ["--hardware", "t4-small"], HARDWARE_REFUSAL_MESSAGE.format(hardware="t4-small")),

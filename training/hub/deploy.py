@@ -50,6 +50,8 @@ def deploy(cfg: Config, revision: str, *, allow_branch: bool = False, api: HfApi
     """Make cfg.space serve cfg.repo_id at revision; return the Space's URL (None for a dry run)."""
     check_repo_id(cfg.space, "--space")
     check_repo_id(cfg.repo_id, "--model-repo")
+    if cfg.feedback_repo is not None:
+        check_repo_id(cfg.feedback_repo, "--feedback-repo")
     _check_revision(revision, allow_branch)
     check_hardware(cfg.hardware)
     gradio = gradio_pin(ROOT / "requirements.txt")
@@ -61,10 +63,15 @@ def deploy(cfg: Config, revision: str, *, allow_branch: bool = False, api: HfApi
         model = _fetch_model_files(api, cfg.repo_id, revision, Path(tmp) / "model")
         files = _stage(cfg, revision, gradio, model, Path(tmp) / "space")
         url = _create_space(api, cfg, revision)
-        _set_variables(api, cfg.space, cfg.repo_id, revision)
+        _set_variables(api, cfg.space, cfg.repo_id, revision, cfg.feedback_repo)
         _upload(api, cfg.space, Path(tmp) / "space", f"Serve {cfg.repo_id}@{revision[:7]}")
     log.info("deployed %d files to %s: it serves %s@%s once the Space has rebuilt (app: https://%s.hf.space)",
              len(files), url, cfg.repo_id, revision[:7], cfg.space.replace("/", "-").replace("_", "-").lower())
+    if cfg.feedback_repo is not None:
+        # This command never copies your token: the Space needs one of its own to push, or it serves without feedback.
+        log.warning("feedback goes to the private dataset %s: add a token with write access to it as the Space secret "
+                    "HF_TOKEN (Space settings > Variables and secrets), or the app serves without feedback",
+                    cfg.feedback_repo)
     return url
 
 
@@ -205,10 +212,12 @@ def _request_hardware(api: HfApi, space: str, hardware: str) -> None:
                          "https://huggingface.co/pricing#spaces)") from None
 
 
-def _set_variables(api: HfApi, space: str, repo: str, revision: str) -> None:
+def _set_variables(api: HfApi, space: str, repo: str, revision: str, feedback_repo: str | None = None) -> None:
     # Set before the code is uploaded, so the build that upload triggers already sees them.
     values = {"MODEL_REPO": (repo, "model repo the app serves"),
               "MODEL_REVISION": (revision, "commit of MODEL_REPO the app serves")}
+    if feedback_repo is not None:
+        values["FEEDBACK_REPO"] = (feedback_repo, "Hub dataset the app pushes visitors' corrections to")
     try:
         current = {key: v.value for key, v in api.get_space_variables(space).items()}
         for key, (value, description) in values.items():
