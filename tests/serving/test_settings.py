@@ -21,6 +21,8 @@ def test_defaults_are_what_the_readme_documents():
     assert (s.space_id, s.frame_ancestors) == (None, "'self'")
     assert (s.host, s.port) == ("0.0.0.0", 7860)
     assert s.ort_cache_dir == HOME / ".cache" / "serving-ort"
+    assert (s.feedback_repo, s.feedback_dir) == (None, None)  # feedback is off unless the owner turns it on
+    assert (s.feedback_per_minute, s.feedback_per_hour, s.feedback_every) == (3, 100, 5)
     assert Settings() == s
 
 
@@ -46,6 +48,13 @@ def test_defaults_are_what_the_readme_documents():
     ({"GRADIO_SERVER_NAME": "127.0.0.1"}, "host", "127.0.0.1"),
     ({"GRADIO_SERVER_PORT": "8080"}, "port", 8080),
     ({"ORT_CACHE_DIR": "/srv/ort"}, "ort_cache_dir", Path("/srv/ort")),
+    ({"FEEDBACK_DIR": "/data/feedback"}, "feedback_dir", Path("/data/feedback")),
+    ({"FEEDBACK_REPO": "you/bears-feedback"}, "feedback_repo", "you/bears-feedback"),
+    ({"FEEDBACK_REPO": "you/f", "FEEDBACK_DIR": "/data/f"}, "feedback_outbox", Path("/data/f")),
+    ({"FEEDBACK_REPO": "you/f"}, "feedback_outbox", HOME / ".cache" / "bearcub-feedback" / "you--f"),
+    ({"FEEDBACK_PER_MINUTE": "5"}, "feedback_per_minute", 5),
+    ({"FEEDBACK_PER_HOUR": "20"}, "feedback_per_hour", 20),
+    ({"FEEDBACK_EVERY": "0.5"}, "feedback_every", 0.5),
     ({"XDG_CACHE_HOME": "/xdg"}, "ort_cache_dir", Path("/xdg/serving-ort")),
     ({"XDG_CACHE_HOME": "/xdg", "ORT_CACHE_DIR": "/srv/ort"}, "ort_cache_dir", Path("/srv/ort")),
     # Empty means unset, as a Space's blank variable or `MODEL_REPO= python app.py` gives.
@@ -81,6 +90,9 @@ def test_each_variable_sets_its_field(env, field, value):
     ("GRADIO_SERVER_PORT", "0", "a whole number from 1 to 65535"),
     ("GRADIO_SERVER_PORT", "70000", "a whole number from 1 to 65535"),
     ("GRADIO_SERVER_PORT", "http", "a whole number from 1 to 65535"),
+    ("FEEDBACK_PER_MINUTE", "0", "a whole number of corrections, 1 or more"),
+    ("FEEDBACK_PER_HOUR", "lots", "a whole number of corrections, 1 or more"),
+    ("FEEDBACK_EVERY", "0", "a number of minutes above 0, such as 5"),
 ])
 def test_a_bad_value_names_the_variable_the_value_and_what_it_takes(name, value, allowed):
     with pytest.raises(SettingsError) as err:
