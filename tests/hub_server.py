@@ -401,6 +401,8 @@ def _make_handler(hub: StandInHub) -> type[BaseHTTPRequestHandler]:
             if name not in _STREAMING:
                 call.body = b"".join(_iter_body(self.rfile, self.headers))
             try:
+                if hub.down:
+                    raise HubError(503, "The stand-in Hub is down (StandInHub.down is set)")
                 if found is None:
                     raise HubError(404, f"The stand-in Hub has no route for {call.method} {call.path}")
                 return getattr(hub, f"_on_{name}")(call, **found[1])
@@ -455,6 +457,8 @@ class StandInHub:
         self.drop_upload_after_bytes = drop_upload_after_bytes
         self.lfs_threshold_bytes = lfs_threshold_bytes
         self.paid_hardware = paid_hardware
+        # Set to True to have every request answered 503, as a Hub that is down; False brings it back.
+        self.down = False
         self.requests: list[SeenRequest] = []
         self.dropped_uploads = 0
         self._repos: dict[tuple[str, str], HubRepo] = {}

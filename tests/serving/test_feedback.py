@@ -120,8 +120,26 @@ def _wait_for(condition, timeout: float = 60.0):
     raise AssertionError("timed out")
 
 
+def test_a_hub_down_at_start_is_retried_and_the_app_serves_meanwhile(tiny_model, example, tmp_path):
+    with StandInHub(tokens={"hf_good": "alice"}) as hub:
+        hub.down = True
+        env = {**hub.client_env(tmp_path / "hf", token="hf_good"), "MODEL_DIR": str(tiny_model.folder),
+               "FEEDBACK_REPO": REPO, "FEEDBACK_DIR": str(tmp_path / "outbox"), "FEEDBACK_EVERY": "0.02"}
+        with LiveApp(env) as app:
+            client = Client(app.url, verbose=False)
+            assert client.predict(handle_file(str(example)), "square", api_name="/feedback").startswith("Thank")
+            _wait_for(lambda: "can't reach the Hub dataset alice/shapes-feedback" in app.log)
+            assert client.predict(handle_file(str(example)), api_name="/predict")["label"]
+            hub.down = False
+            _wait_for(lambda: len(_pushed_rows(hub)) == 1)
+        assert hub.repo("dataset", REPO).private and _pushed_rows(hub)[0]["visitor_label"] == "square"
+
+
 def _pushed_rows(hub: StandInHub) -> list[dict]:
-    files = hub.files("dataset", REPO)
+    try:
+        files = hub.files("dataset", REPO)
+    except KeyError:  # not created yet
+        return []
     return [json.loads(line) for path, data in sorted(files.items()) if path.startswith("rows/")
             for line in data.decode().splitlines()]
 

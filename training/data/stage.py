@@ -16,7 +16,7 @@ from pathlib import Path
 from serving.imaging import FORMAT_NAMES
 from training.config import DEFAULT_LABELS, DEFAULT_OTHER_QUERIES, Config
 from training.data.clean import Source, clean_images
-from training.data.decisions import NONE_OF_THESE, read_log
+from training.data.decisions import read_log
 from training.data.download import download_all
 from training.data.feedback import SOURCE as FEEDBACK
 from training.data.lock import LOCK_NAME, DataLock
@@ -112,7 +112,7 @@ def _build(cfg: Config, engine: SearchEngine | None, allow_address) -> dict:
     summary = _summarise(rows, labels, cfg)  # type: ignore[arg-type]
     (data_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     _log_summary(summary, data_dir)
-    _check_enough(summary, cfg)
+    _check_enough(summary, cfg, labels)
     return summary
 
 
@@ -195,10 +195,10 @@ def _log_summary(summary: dict, data_dir: Path) -> None:
 PRIVATE_HINT = " (private and loopback addresses are refused; --allow-private-urls is for testing)"
 
 
-def _check_enough(summary: dict, cfg: Config) -> None:
-    # (the labels the run asked for: a visitor's photo kept as "none of these" is counted, but is no label)
-    short = {label: c["kept"] for label, c in summary["labels"].items()
-             if c["kept"] < cfg.min_per_label and label != NONE_OF_THESE}
+def _check_enough(summary: dict, cfg: Config, labels: list[str]) -> None:
+    # The run's labels only: visitors' photos are counted under theirs ("none of these", say), which need none.
+    short = {label: summary["labels"][label]["kept"] for label in labels
+             if summary["labels"][label]["kept"] < cfg.min_per_label}
     if short:
         listed = ", ".join(f"{label!r} kept {n}" for label, n in short.items())
         reasons = ", ".join(f"{reason} ({n})" for reason, n in list(summary["reasons"].items())[:3])

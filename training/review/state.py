@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from serving.model import Classifier, ModelFolderError, read_config
-from training.data.decisions import PENDING, ReviewLog, in_trash, label_of
+from training.data.decisions import PENDING, ReviewLog, in_trash, is_pending, label_of
 from training.data.feedback import ROWS_FILE
 from training.data.manifest import read_manifest
 from training.errors import StageError
@@ -212,7 +212,8 @@ def draw_split(config: dict, data_dir: Path, log: ReviewLog, trained_at: float) 
     names, then, current = log.names(), log.places(until=trained_at), log.places()
     files = [f.relative_to(data_dir).as_posix() for f in get_image_files(data_dir / "images")]
     gone = sorted(o for o, p in current.items() if in_trash(p) and not in_trash(then.get(o, o)))
-    originals = [names.get(f, f) for f in files] + gone
+    # A visitor's photo that was still waiting in feedback/ when the model was trained was not in its list.
+    originals = [o for o in [names.get(f, f) for f in files] + gone if not is_pending(then.get(o, o))]
     at_training = [then.get(o, o) for o in originals]  # the list get_image_files gave training
     train_idx, valid_idx = RandomSplitter(valid_pct, seed=seed)(at_training)
     split = {**{originals[i]: "train" for i in train_idx}, **{originals[i]: "valid" for i in valid_idx}}
