@@ -1,6 +1,7 @@
 """`python -m training review` in headless Chromium: delete one image, relabel another, undo the relabel."""
 from __future__ import annotations
 
+import random
 import shutil
 import subprocess
 import sys
@@ -65,3 +66,36 @@ def test_delete_relabel_and_undo_on_the_page(browser, tiny_model, tmp_path):
         assert _row(data, moved) == ("circle", moved, "kept", "", moved)
         assert (data / "trash" / deleted).is_file() and _row(data, deleted)[3] == "removed_by_review"
         page.screenshot(path=str(SCREENSHOTS / "review_page_after_undo.png"), full_page=True)
+
+
+def test_visitors_photos_come_first_and_keep_puts_one_under_the_visitors_label(browser, tiny_model, tmp_path):
+    from serving.feedback import FeedbackStore
+    from serving.model import Classifier
+    from tests.tiny_model import draw_shape
+    from training.cli import main
+
+    data = Path(shutil.copytree(tiny_model.data, tmp_path / "data"))
+    store, clf = FeedbackStore(tmp_path / "sent", "alice/shapes@abc1234"), Classifier.from_folder(tiny_model.folder)
+    photo = tmp_path / "upload.png"
+    draw_shape("square", random.Random(1)).save(photo)
+    row = store.add(photo, clf.judge(photo), "square")
+    assert main(["data", "--from-feedback", str(tmp_path / "sent"), "--data", str(data)]) == 0
+    pending = next(r.file for r in read_manifest(data / "manifest.csv") if r.status == "pending_review")
+    app = LiveApp({})
+    app.command = _review_command(tiny_model.folder, data, app.port)
+    with app:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(app.url)
+        card = page.locator(f"#card-{Path(pending).stem}")
+        card.wait_for(timeout=30_000)  # the pending filter is the one shown first
+        assert page.get_by_label("pending feedback").is_checked()
+        assert "the visitor says square" in card.inner_text()
+        assert f"the app's model said {row['predicted']}" in card.inner_text()
+        card.get_by_role("button", name="Keep").click()
+        page.locator("#status").get_by_text("Kept").wait_for(timeout=30_000)
+        card.wait_for(state="detached", timeout=30_000)
+        page.locator("#no-cards").get_by_text("No visitors' photos are waiting").wait_for(timeout=30_000)
+    name = Path(pending).name
+    assert (data / "images" / "square" / name).is_file() and not (data / pending).exists()
+    assert _row(data, next(r.url for r in read_manifest(data / "manifest.csv") if r.source == "feedback"))[2:] == (
+        "kept", "kept_by_review", f"images/square/{name}")
