@@ -33,7 +33,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from serving.imaging import ImageSource, open_upright_rgb, training_jpeg
+from serving.imaging import TRAINING_MAX_SIDE, ImageSource, open_upright_rgb, training_jpeg
 from serving.novelty import Verdict
 from serving.settings import Settings
 
@@ -105,7 +105,8 @@ class FeedbackStore:
 
     def add(self, upload: ImageSource, verdict: Verdict, visitor_label: str) -> dict:
         """Keep `upload` (normalised) and its row; return the row. ImageRejected if it is no usable image."""
-        jpeg, digest = training_jpeg(open_upright_rgb(upload))
+        # Decoded as the clean stage decodes (shrink_to its side), within the same budget as a prediction.
+        jpeg, digest = training_jpeg(open_upright_rgb(upload, shrink_to=(TRAINING_MAX_SIDE, TRAINING_MAX_SIDE)))
         image = f"{IMAGES}/{digest[:16]}.jpg"
         row = {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "model": self.model,
                "predicted": verdict.label, "probabilities": verdict.probs, "novelty": verdict.novelty,

@@ -129,3 +129,28 @@ def test_a_data_rerun_keeps_the_reviewed_feedback(tiny_model, sent, tmp_path):
     rows = _feedback_rows(cfg.data_dir)
     assert len(rows) == 6 and rows[0].file == kept and rows[0].status == "kept"
     assert [r.status for r in rows[1:5]] == ["pending_review"] * 4
+
+
+def test_rows_come_in_from_a_private_hub_dataset_with_a_token(tiny_model, sent, data, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.hub_server import StandInHub
+    from tests.live_app import ROOT
+
+    files = {p.relative_to(sent).as_posix(): p.read_bytes() for p in sent.rglob("*") if p.is_file()}
+    with StandInHub(tokens={"hf_good": "alice"}) as hub:
+        hub.create("dataset", "alice/shapes-feedback", private=True)
+        hub.commit("dataset", "alice/shapes-feedback", files, "Scheduled Commit")
+        command = [sys.executable, "-m", "training", "data", "--from-feedback", "alice/shapes-feedback",
+                   "--data", str(data)]
+        refused = subprocess.run(command, cwd=ROOT, env=hub.client_env(tmp_path / "hf"), capture_output=True,
+                                 text=True, timeout=120)
+        assert refused.returncode == 2 and "private and HF_TOKEN" in refused.stderr
+        assert not (data / "feedback").exists()
+        done = subprocess.run(command, cwd=ROOT, env=hub.client_env(tmp_path / "hf", token="hf_good"),
+                              capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = _feedback_rows(data)
+    assert [r.status for r in rows] == ["pending_review"] * 5 + ["duplicate"]
+    assert all(r.url.startswith("feedback:alice/shapes-feedback#") for r in rows)

@@ -13,11 +13,12 @@ from gradio_client import Client, handle_file
 from PIL import Image
 
 from serving.feedback import FeedbackLimits
-from serving.imaging import open_upright_rgb, training_jpeg
 from serving.model import Classifier
 from tests.hub_server import StandInHub
 from tests.live_app import LiveApp
 from tests.tiny_model import draw_shape
+from training.config import Config
+from training.data.clean import Source, clean_images
 
 REPO = "alice/shapes-feedback"
 
@@ -86,15 +87,16 @@ def test_a_send_keeps_the_normalised_photo_and_one_row_and_nothing_before(tiny_m
     rows = _rows(folder)
     assert [r["visitor_label"] for r in rows] == ["square", "square", None]
     probs = Classifier.from_folder(tiny_model.folder).judge(example)
-    expected_jpeg, digest = training_jpeg(open_upright_rgb(example))
+    cleaned = clean_images([Source("circle", str(example), example)], tmp_path / "data", Config())[0].file
+    expected_jpeg, digest = (tmp_path / "data" / cleaned).read_bytes(), Path(cleaned).stem  # as the data stage has it
     for row in rows:
         assert set(row) == {"time", "model", "predicted", "probabilities", "novelty", "novelty_threshold",
                             "in_domain", "visitor_label", "image"}
         assert row["model"] == str(tiny_model.folder) and row["predicted"] == probs.label
         assert row["probabilities"] == pytest.approx(probs.probs, abs=1e-6)
-        assert row["novelty"] == pytest.approx(probs.novelty, abs=1e-5) and row["image"] == f"images/{digest[:16]}.jpg"
+        assert row["novelty"] == pytest.approx(probs.novelty, abs=1e-5) and row["image"] == f"images/{digest}.jpg"
     assert (folder / rows[0]["image"]).read_bytes() == expected_jpeg  # as the data stage would have stored it
-    assert [p.name for p in (folder / "images").iterdir()] == [f"{digest[:16]}.jpg"]
+    assert [p.name for p in (folder / "images").iterdir()] == [f"{digest}.jpg"]
     assert "127.0.0.1" not in json.dumps(rows)  # no address (nor cookie, nor name: the row's keys are above)
     assert "Traceback" not in log
 
