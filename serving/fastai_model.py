@@ -26,6 +26,7 @@ class FastaiModel:
         self.learn = load_learner(export_pkl, cpu=True)
         self.labels = [str(v) for v in self.learn.dls.vocab]
         self.config = {"labels": self.labels, "metrics": {}, "source": "export.pkl (fastai)"}
+        self.precision = "float32"  # torch's CPU inference, as trained
 
     def classify(self, image: ImageSource) -> dict[str, float]:
         from fastai.vision.core import PILImage

@@ -70,7 +70,7 @@ def build_page(loaded: Loaded, settings: Settings, slots: Slots) -> gr.Blocks:
     with gr.Blocks(title="What is in this photo?") as demo:
         with gr.Tab("Classify"):
             gr.Markdown(f"# What is in this photo?\nLabels: **{', '.join(model.labels)}**. "
-                        f"Validation error rate: {error_rate}. Model: `{loaded.source}`."
+                        f"Validation error rate: {error_rate}. Model: `{loaded.source}` ({loaded.precision})."
                         + ("" if getattr(model, "novelty", None) else f"\n\n{NO_CHECK}"))
             with gr.Row():
                 with gr.Column():

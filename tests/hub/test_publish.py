@@ -30,7 +30,7 @@ def publish(*args: str, env: dict) -> subprocess.CompletedProcess:
 
 def expected_files(folder) -> set[str]:
     """What publish must upload from a model folder made by `train`, besides README.md."""
-    wanted = ["model.onnx", "config.json", "novelty_features.npy", "export.pkl", "report/*.png",
+    wanted = ["model.onnx", "model.int8.onnx", "config.json", "novelty_features.npy", "export.pkl", "report/*.png",
               "report/metrics.json", "report/report.md", "report/history.csv", "examples/*"]
     return {p.relative_to(folder).as_posix() for pattern in wanted for p in folder.glob(pattern)}
 
@@ -115,6 +115,8 @@ def test_card_body_documents_the_model(tiny_model, card):
     for snippet in ("from gradio_client import Client", "load_learner(hf_hub_download", "ort.InferenceSession",
                     "Classifier.from_folder"):
         assert snippet in text
+    # Which model serves, and why: the int8 check's figures as config.json has them.
+    assert "## Int8 model" in text and config["int8"]["reason"] in text and "**It may serve**" in text
 
 
 def test_limitations_speak_of_the_search_when_the_images_were_searched():
