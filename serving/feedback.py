@@ -6,9 +6,10 @@
 What one Send keeps, and nothing before it (no IP address, no cookie, no name):
 
     FOLDER/images/<pixel hash>.jpg      the upload, normalised as training images are (serving.imaging.training_jpeg)
-    FOLDER/rows/<start>-<id>.jsonl      one line per Send: time, model (repo@revision), predicted, probabilities,
-                                        novelty, novelty_threshold, in_domain, visitor_label (null: none of these),
-                                        image (its path above)
+    FOLDER/rows/<start>-<id>.jsonl      one line per Send: time, model (repo@revision), precision (the model file
+                                        that served: float32 or int8), predicted, probabilities, novelty,
+                                        novelty_threshold, in_domain, visitor_label (null: none of these), image
+                                        (its path above)
 
 With FEEDBACK_REPO the folder is an outbox (FEEDBACK_DIR, else ~/.cache/bearcub-feedback/<user>--<name>) that
 huggingface_hub's CommitScheduler pushes every FEEDBACK_EVERY minutes. It pushes a file again whenever it has
@@ -94,8 +95,9 @@ class FeedbackLimits:
 class FeedbackStore:
     """A folder of kept uploads and their rows; with a `scheduler`, the folder is pushed to the Hub from there."""
 
-    def __init__(self, folder: Path, model: str, scheduler_lock: threading.Lock | None = None):
-        self.folder, self.model = folder, model
+    def __init__(self, folder: Path, model: str, precision: str = "float32",
+                 scheduler_lock: threading.Lock | None = None):
+        self.folder, self.model, self.precision = folder, model, precision
         (folder / IMAGES).mkdir(parents=True, exist_ok=True)
         (folder / ROWS).mkdir(parents=True, exist_ok=True)
         started = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")  # files sort in the order made
@@ -109,6 +111,7 @@ class FeedbackStore:
         jpeg, digest = training_jpeg(open_upright_rgb(upload, shrink_to=(TRAINING_MAX_SIDE, TRAINING_MAX_SIDE)))
         image = f"{IMAGES}/{digest[:16]}.jpg"
         row = {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "model": self.model,
+               "precision": self.precision,
                "predicted": verdict.label, "probabilities": verdict.probs, "novelty": verdict.novelty,
                "novelty_threshold": verdict.threshold, "in_domain": verdict.in_domain,
                "visitor_label": None if visitor_label == NONE_OF_THESE else visitor_label, "image": image}
@@ -131,14 +134,14 @@ class Feedback:
         self.scheduler = None  # the CommitScheduler, once the Hub has answered
 
 
-def open_feedback(settings: Settings, model: str) -> Feedback | None:
+def open_feedback(settings: Settings, model: str, precision: str = "float32") -> Feedback | None:
     """Feedback as the settings ask: None when off, or when FEEDBACK_REPO has no token (said in the log)."""
     limits = FeedbackLimits(settings.feedback_per_minute, settings.feedback_per_hour)
     if settings.feedback_repo is None:
         if settings.feedback_dir is None:
             return None
         log.info("feedback: visitors' corrections are kept in %s", settings.feedback_dir)
-        return Feedback(FeedbackStore(settings.feedback_dir, model), limits, str(settings.feedback_dir))
+        return Feedback(FeedbackStore(settings.feedback_dir, model, precision), limits, str(settings.feedback_dir))
     from huggingface_hub import get_token
 
     token = get_token()
@@ -148,7 +151,7 @@ def open_feedback(settings: Settings, model: str) -> Feedback | None:
                     settings.feedback_repo)
         return None
     folder = settings.feedback_outbox
-    store = FeedbackStore(folder, model)
+    store = FeedbackStore(folder, model, precision)
     feedback = Feedback(store, limits, f"the Hub dataset {settings.feedback_repo}")
     threading.Thread(target=_schedule, args=(feedback, settings, token), name="feedback-push", daemon=True).start()
     log.info("feedback: visitors' corrections wait in %s and are pushed to the private dataset %s every %g minutes",

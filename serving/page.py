@@ -37,7 +37,7 @@ def none_of_these(labels: list[str]) -> str:
 def build_page(loaded: Loaded, settings: Settings, slots: Slots) -> gr.Blocks:
     """Both tabs in one gr.Blocks, with its queue; /predict is the Classify button's API, run in one of `slots`."""
     model = loaded.model
-    feedback = open_feedback(settings, loaded.source)  # None unless FEEDBACK_REPO or FEEDBACK_DIR is set
+    feedback = open_feedback(settings, loaded.source, loaded.precision)  # None unless FEEDBACK_REPO or _DIR is set
 
     def check(image_path: str | None) -> tuple[dict[str, float], dict]:
         """{label: probability} for one uploaded image, and whether it looks like any label at all."""

@@ -70,8 +70,9 @@ def _rows(folder: Path) -> list[dict]:
 
 def test_a_send_keeps_the_normalised_photo_and_one_row_and_nothing_before(tiny_model, example, tmp_path):
     folder = tmp_path / "feedback"
+    # float32: the model the expected figures come from (auto may serve int8 on a CPU with VNNI)
     env = {"MODEL_DIR": str(tiny_model.folder), "FEEDBACK_DIR": str(folder), "FEEDBACK_PER_MINUTE": "2",
-           "FEEDBACK_PER_HOUR": "3"}
+           "FEEDBACK_PER_HOUR": "3", "SERVE_PRECISION": "float32"}
     with LiveApp(env) as app:
         client = Client(app.url, verbose=False)
         client.predict(handle_file(str(example)), api_name="/check")
@@ -90,9 +91,10 @@ def test_a_send_keeps_the_normalised_photo_and_one_row_and_nothing_before(tiny_m
     cleaned = clean_images([Source("circle", str(example), example)], tmp_path / "data", Config())[0].file
     expected_jpeg, digest = (tmp_path / "data" / cleaned).read_bytes(), Path(cleaned).stem  # as the data stage has it
     for row in rows:
-        assert set(row) == {"time", "model", "predicted", "probabilities", "novelty", "novelty_threshold",
-                            "in_domain", "visitor_label", "image"}
-        assert row["model"] == str(tiny_model.folder) and row["predicted"] == probs.label
+        assert set(row) == {"time", "model", "precision", "predicted", "probabilities", "novelty",
+                            "novelty_threshold", "in_domain", "visitor_label", "image"}
+        assert row["model"] == str(tiny_model.folder) and row["precision"] == "float32"
+        assert row["predicted"] == probs.label
         assert row["probabilities"] == pytest.approx(probs.probs, abs=1e-6)
         assert row["novelty"] == pytest.approx(probs.novelty, abs=1e-5) and row["image"] == f"images/{digest}.jpg"
     assert (folder / rows[0]["image"]).read_bytes() == expected_jpeg  # as the data stage would have stored it

@@ -19,7 +19,8 @@ def test_wrong_then_none_of_these_then_send_keeps_the_photo_and_its_row(browser,
     example = sorted((tiny_model.folder / "examples").glob("*"))[0]
     predicted = Classifier.from_folder(tiny_model.folder).judge(example).label
     folder = tmp_path / "feedback"
-    with LiveApp({"MODEL_DIR": str(tiny_model.folder), "FEEDBACK_DIR": str(folder)}) as app:
+    with LiveApp({"MODEL_DIR": str(tiny_model.folder), "FEEDBACK_DIR": str(folder),
+                  "SERVE_PRECISION": "float32"}) as app:
         page = browser.new_page()
         page.add_init_script(WATCH_CSP)
         page.goto(app.url, wait_until="networkidle")
