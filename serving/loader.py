@@ -20,6 +20,9 @@ from serving.settings import Settings
 
 log = logging.getLogger(__name__)
 SERVING_FILES = ["model.onnx", "config.json", FEATURES_FILE, "examples/*"]
+# A learner, served through fastai where there is no model.onnx: model.pkl is what `push_to_hub_fastai` writes (and
+# `python -m training publish` uploads), export.pkl what `learn.export()` does.
+LEARNERS = ("model.pkl", "export.pkl")
 
 
 class Model(Protocol):
@@ -73,8 +76,13 @@ def _download(repo: str, revision: str) -> Path:
     try:
         folder = Path(snapshot_download(repo, revision=revision, allow_patterns=SERVING_FILES))
         if not (folder / "model.onnx").exists():
-            # A repo pushed with fastai's own helpers holds only export.pkl: fetch it to serve through fastai.
-            folder = Path(snapshot_download(repo, revision=revision, allow_patterns=[*SERVING_FILES, "export.pkl"]))
+            # A repo pushed with fastai's own helpers holds only a learner: fetch it to serve through fastai.
+            folder = Path(snapshot_download(repo, revision=revision, allow_patterns=[*SERVING_FILES, *LEARNERS]))
+        if not any((folder / name).exists() for name in ("model.onnx", *LEARNERS)):
+            raise NoModel(f"model repo {repo}@{revision} holds no model to serve (model.onnx, model.pkl or "
+                          f"export.pkl); it has {_names(_repo_files(repo, revision))}. Publish a model folder "
+                          f"there with `python -m training publish MODEL_DIR --repo-id {repo}`, or set MODEL_REPO "
+                          "to a model repo")
     except RepositoryNotFoundError as exc:
         raise NoModel(f"model repo {repo!r} (revision {revision}) was not found on the Hub, or it is private: check "
                       "MODEL_REPO and MODEL_REVISION, and set HF_TOKEN for a private repo") from exc
@@ -90,8 +98,26 @@ def _short(folder: Path, revision: str) -> str:
     return folder.name[:7] if len(folder.name) == 40 else revision
 
 
+def _repo_files(repo: str, revision: str) -> list[str]:
+    from huggingface_hub import HfApi
+
+    return HfApi().list_repo_files(repo, revision=revision)
+
+
+def _names(files: list[str]) -> str:
+    shown = sorted(files)[:12]
+    more = f" and {len(files) - len(shown)} more" if len(files) > len(shown) else ""
+    return ", ".join(shown) + more if files else "no files"
+
+
 def _open(folder: Path, cache_dir: Path) -> Model:
-    if (folder / "model.onnx").exists() or not (folder / "export.pkl").exists():
+    learner = next((folder / name for name in LEARNERS if (folder / name).exists()), None)
+    if not (folder / "model.onnx").exists() and learner is None and folder.is_dir():
+        found = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
+        raise NoModel(f"{folder} holds no model to serve (model.onnx, model.pkl or export.pkl); it has "
+                      f"{_names(found)}. Train one into it with `python -m training train --out {folder}`, or set "
+                      "MODEL_DIR to a model folder")
+    if (folder / "model.onnx").exists() or learner is None:
         try:
             return Classifier.from_folder(folder, cache_dir)
         except ModelFolderError as exc:
@@ -99,7 +125,7 @@ def _open(folder: Path, cache_dir: Path) -> Model:
     from serving.fastai_model import FastaiModel, fastai_available
 
     if not fastai_available():
-        raise NoModel(f"{folder} holds only export.pkl, which needs fastai to serve. Either `pip install -r "
+        raise NoModel(f"{folder} holds only {learner.name}, which needs fastai to serve. Either `pip install -r "
                       f"requirements-train.txt`, or convert it once with `python -m training convert "
-                      f"{folder / 'export.pkl'} --out <folder>` and serve that folder (faster, no torch)")
-    return FastaiModel(folder / "export.pkl")
+                      f"{learner} --out <folder>` and serve that folder (faster, no torch)")
+    return FastaiModel(learner)
