@@ -33,7 +33,7 @@ def none_of_these(labels: list[str]) -> str:
             "but it may well be none of these.")
 
 
-def build_page(loaded: Loaded, settings: Settings, slots: Slots) -> gr.Blocks:
+def build_page(loaded: Loaded, settings: Settings, slots: Slots, title: str = "What is in this photo?") -> gr.Blocks:
     """Both tabs in one gr.Blocks, with its queue; /predict is the Classify button's API, run in one of `slots`."""
     model = loaded.model
 
@@ -65,9 +65,9 @@ def build_page(loaded: Loaded, settings: Settings, slots: Slots) -> gr.Blocks:
     error_rate = f"{loaded.error_rate:.1%}" if loaded.error_rate is not None else "not measured"
     # One gr.Blocks for the whole page, not an Interface and a TabbedInterface around it: every Blocks builds
     # its own FastAPI app when it closes, and every API call copies the config of every component on the page.
-    with gr.Blocks(title="What is in this photo?") as demo:
+    with gr.Blocks(title=title) as demo:
         with gr.Tab("Classify"):
-            gr.Markdown(f"# What is in this photo?\nLabels: **{', '.join(model.labels)}**. "
+            gr.Markdown(f"# {title}\nLabels: **{', '.join(model.labels)}**. "
                         f"Validation error rate: {error_rate}. Model: `{loaded.source}`."
                         + ("" if getattr(model, "novelty", None) else f"\n\n{NO_CHECK}"))
             with gr.Row():

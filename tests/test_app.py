@@ -418,3 +418,15 @@ def test_uvicorn_runs_the_app_factory_with_several_workers(tiny_model, example):
             r = httpx.post(app.url + "/classify", files={"file": example.open("rb")}, timeout=30)
             assert r.status_code == 200, r.text
         assert app.log.count("loaded ") == 2  # each worker logs, as `python app.py` does: build_app() set it up
+
+
+def test_uvicorn_serves_app_app(tiny_model, example):
+    """`uvicorn app:app` (and so `uvicorn app:app --reload`): the module's `app`, built when uvicorn asks for it."""
+    command = [sys.executable, "-m", "uvicorn", "app:app"]
+    app = LiveApp({"MODEL_DIR": str(tiny_model.folder)}, command=command)
+    app.command += ["--host", "127.0.0.1", "--port", str(app.port)]
+    with app:
+        r = httpx.post(app.url + "/classify", files={"file": example.open("rb")}, timeout=30)
+        assert r.status_code == 200 and set(r.json()["confidences"]) == {"circle", "square", "triangle"}
+        big = httpx.post(app.url + "/classify", headers={"content-length": "999999999"}, content=b"", timeout=30)
+        assert big.status_code == 413  # the body cap: the same app as `python app.py`'s
