@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from serving.loader import NoModel, load_model
+from serving.loader import NoModel, example_images, load_model
 from serving.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
 TITLE = "What is in this photo?"  # the page's title and heading
+# The example images: a Space's examples/, next to app.py (`deploy` puts the model's there); else the model folder's.
+EXAMPLES = Path(__file__).parent / "examples"
 
 
 def build_app(settings: Settings | None = None) -> FastAPI:
@@ -42,9 +45,10 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         raise SystemExit(f"app.py: {exc}") from None
     # One limit for the page and /classify: at most settings.concurrency images decoded and classified at once.
     slots = Slots(settings.concurrency)
-    demo = build_page(loaded, settings, slots, title=TITLE)
-    app = mount(json_api(loaded.model, settings, slots), demo, max_file_size=settings.max_upload_bytes)
-    app.state.page_parts = (loaded, settings, slots)  # what `gradio app.py` builds each edited page from
+    page = dict(loaded=loaded, settings=settings, slots=slots, examples=example_images(EXAMPLES))
+    app = mount(json_api(loaded.model, settings, slots), build_page(**page, title=TITLE),
+                max_file_size=settings.max_upload_bytes)
+    app.state.page = page  # what `gradio app.py` builds each edited page from
     # Every request body is capped as it arrives, not after: an upload, or an image sent inline as base64; and it must
     # keep arriving, or it is cut off.
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, grace=settings.upload_grace,

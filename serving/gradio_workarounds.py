@@ -110,6 +110,7 @@ from gradio.route_utils import FnIndexInferError  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 from starlette.routing import Mount  # noqa: E402
 
+from serving.imaging import FORMAT_NAMES  # noqa: E402
 from serving.web import MESSAGES, Gone, Slots, error_response  # noqa: E402
 
 # Each API call is a session whose configs Gradio keeps (10,000 by default); this app keeps nothing in one.
@@ -130,6 +131,9 @@ SCHEME = re.compile(r"\s*[a-z][a-z0-9+.-]*:", re.IGNORECASE)
 MALFORMED = (ValidationError, KeyError, IndexError, TypeError, ValueError, gr.Error, FnIndexInferError)
 # Gradio's functions that fetch a URL for a request (an input's or output's file, a component's own download).
 FETCHES = ("async_ssrf_protected_download", "async_ssrf_protected_get")
+# What the API page says /predict and /check take.
+API_INPUT = (f"An image file, uploaded: handle_file(\"photo.jpg\") in gradio_client ({FORMAT_NAMES}). A URL is "
+             "refused: download the image, then send the file.")
 
 
 class UploadedImage(gr.Image):
@@ -141,6 +145,10 @@ class UploadedImage(gr.Image):
     """
 
     is_template = True  # render with gr.Image's front end
+
+    def api_info_as_input(self) -> dict[str, Any]:
+        # Gradio's own says "A local filepath or publicly available URL": this app takes uploads only.
+        return {**super().api_info_as_input(), "additional_description": API_INPUT}
 
     def preprocess(self, payload):
         if payload is None:

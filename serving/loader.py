@@ -43,11 +43,19 @@ class Loaded:
 
     @property
     def examples(self) -> list[str]:
-        return sorted(str(p) for p in (self.folder / "examples").glob("*") if p.is_file())
+        return example_images(self.folder / "examples")
 
     @property
     def error_rate(self) -> float | None:
         return (self.model.config.get("metrics") or {}).get("error_rate")
+
+
+def example_images(folder: Path) -> list[str]:
+    """The image files in `folder` (by their extension, as Pillow knows them), sorted; none if it doesn't exist."""
+    from PIL import Image
+
+    extensions = Image.registered_extensions()
+    return sorted(str(p) for p in folder.glob("*") if p.is_file() and p.suffix.lower() in extensions)
 
 
 class NoModel(RuntimeError):

@@ -76,8 +76,7 @@ def new_page(app: FastAPI, title: str) -> gr.Blocks:
     from serving.gradio_workarounds import refuse_malformed_calls
     from serving.page import build_page
 
-    loaded, settings, slots = app.state.page_parts
-    demo = build_page(loaded, settings, slots, title=title)
+    demo = build_page(**app.state.page, title=title)
     running = app.state.gradio_app.blocks
     for name in CARRIED:
         setattr(demo, name, getattr(running, name))

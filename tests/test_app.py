@@ -423,10 +423,22 @@ def test_uvicorn_runs_the_app_factory_with_several_workers(tiny_model, example):
 def test_uvicorn_serves_app_app(tiny_model, example):
     """`uvicorn app:app` (and so `uvicorn app:app --reload`): the module's `app`, built when uvicorn asks for it."""
     command = [sys.executable, "-m", "uvicorn", "app:app"]
-    app = LiveApp({"MODEL_DIR": str(tiny_model.folder)}, command=command)
+    app = LiveApp({"MODEL_DIR": str(tiny_model.folder), "MAX_UPLOAD_MB": "1"}, command=command)
     app.command += ["--host", "127.0.0.1", "--port", str(app.port)]
     with app:
         r = httpx.post(app.url + "/classify", files={"file": example.open("rb")}, timeout=30)
         assert r.status_code == 200 and set(r.json()["confidences"]) == {"circle", "square", "triangle"}
-        big = httpx.post(app.url + "/classify", headers={"content-length": "999999999"}, content=b"", timeout=30)
+        big = httpx.post(app.url + "/classify", files={"file": ("big.jpg", b"\0" * 1_500_000)}, timeout=30)
         assert big.status_code == 413  # the body cap: the same app as `python app.py`'s
+
+
+def test_the_api_page_says_what_predict_takes_and_what_sgd_returns(client):
+    """view_api(): /predict takes an uploaded file (the app refuses URLs); /sgd's result has its keys, not Any."""
+    api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    for name in ("/predict", "/check"):
+        photo = api[name]["parameters"][0]["python_type"]["description"]
+        assert "uploaded" in photo and "A URL is refused" in photo and "publicly available" not in photo, photo
+    [fit] = api["/sgd"]["returns"]
+    for key in ("a1", "a2", "loss", "best_loss", "true_a1", "true_a2", "steps", "verdict", "message"):
+        assert f"{key}:" in fit["python_type"]["type"], fit
+    assert fit["python_type"]["type"] != "Any" and "converged" in fit["python_type"]["type"]
