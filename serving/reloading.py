@@ -41,6 +41,8 @@ def watched() -> bool:
 
 def rerun() -> bool:
     """Whether app.py is being rerun by Gradio's watcher after an edit, rather than started."""
+    if not watched():  # and Gradio not imported yet: `python app.py` loads the model while it imports
+        return False
     from gradio.cli.commands.reload import reload_thread
 
     return getattr(reload_thread, "running_reload", False)
