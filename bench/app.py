@@ -7,8 +7,11 @@ process start → first prediction served; single-client latency; throughput wit
 and the process's peak resident memory. Both go through the same Gradio HTTP API (/gradio_api/call/predict);
 our JSON endpoint (/classify) is measured too. Each app runs with the packages its Space has (see
 bench.common.as_deployed), and ours starts cold, as a Space does after a restart: with an empty cache for
-the model that onnxruntime optimizes for this CPU (serving/ort_cache.py). Targets against the course app:
-start ≤ 0.45×, peak RSS ≤ 0.35×, throughput ≥ 2.5×.
+the model that onnxruntime optimizes for this CPU (serving/ort_cache.py). Ours runs twice, serving model.onnx
+(SERVE_PRECISION=float32) and model.int8.onnx (SERVE_PRECISION=int8: the bench model's one epoch leaves too many
+near-ties for training's check to pass, and timings don't depend on what the weights learned). Targets for int8
+against the course app (issue #20): start ≤ 0.4×, peak RSS ≤ 0.3×, throughput through Gradio's API ≥ 3×, /classify
+≥ 5×, and what a Space downloads ≤ 15 MB.
 """
 from __future__ import annotations
 
@@ -89,24 +92,42 @@ def main() -> None:
     args = parser.parse_args()
     folder = model_folder(args.arch)
     image = photo_jpeg(500, 375)
-    with tempfile.TemporaryDirectory() as cache:
-        ours = measure("ours", as_deployed("app.py"), {"MODEL_DIR": str(folder), "ORT_CACHE_DIR": cache}, image,
-                       args.requests, args.clients, args.load)
+    ours = {}
+    for precision in ("float32", "int8"):
+        with tempfile.TemporaryDirectory() as cache:
+            ours[precision] = measure("ours", as_deployed("app.py"), {"MODEL_DIR": str(folder), "ORT_CACHE_DIR": cache,
+                                                                     "SERVE_PRECISION": precision},
+                                      image, args.requests, args.clients, args.load)
     course = measure("course", as_deployed("bench/course_app.py"), {"EXPORT_PKL": str(folder / "export.pkl")},
                      image, args.requests, args.clients, args.load)
     _report(args.arch, ours, course, args.clients)
+    _report_download(folder)
 
 
-def _report(arch: str, ours: dict, course: dict, clients: int) -> None:
+def _report(arch: str, ours: dict[str, dict], course: dict, clients: int) -> None:
     print(f"\n{arch}, 500x375 JPEG, same model; {machine()}")
-    print(f"{'':34} {'ours':>10} {'course':>10} {'ratio':>8}  target")
-    rows = [("start → first prediction (s)", "start_s", "≤ 0.45"), ("peak RSS (MB)", "peak_rss_mb", "≤ 0.35"),
-            ("latency, 1 client (ms)", "latency_ms", ""), (f"throughput, {clients} clients (req/s)", "rps", "≥ 2.5")]
+    print(f"{'':38} {'float32':>9} {'int8':>9} {'course':>9} {'f32 ratio':>10} {'int8 ratio':>11}  int8 target")
+    rows = [("start → first prediction (s)", "start_s", "≤ 0.4"), ("peak RSS (MB)", "peak_rss_mb", "≤ 0.3"),
+            ("latency, 1 client (ms)", "latency_ms", ""), (f"throughput, {clients} clients (req/s)", "rps", "≥ 3"),
+            ("JSON /classify throughput (req/s)", "json_rps", "≥ 5")]
     for label, key, target in rows:
-        print(f"{label:34} {ours[key]:10.2f} {course[key]:10.2f} {ours[key] / course[key]:7.2f}×  {target}")
-    print(f"{'ours, JSON /classify latency (ms)':34} {ours['json_latency_ms']:10.2f}")
-    print(f"{'ours, JSON /classify throughput':34} {ours['json_rps']:10.2f} req/s "
-          f"({ours['json_rps'] / course['rps']:.2f}× the course app)")
+        base = course.get(key, course["rps"])  # /classify against the course app's only API
+        f32, int8 = ours["float32"][key], ours["int8"][key]
+        print(f"{label:38} {f32:9.2f} {int8:9.2f} {base:9.2f} {f32 / base:9.2f}× {int8 / base:10.2f}×  {target}")
+    print(f"{'JSON /classify latency (ms)':38} {ours['float32']['json_latency_ms']:9.2f} "
+          f"{ours['int8']['json_latency_ms']:9.2f}")
+
+
+def _report_download(folder) -> None:
+    """What a Space serving the int8 model downloads from the Hub: the files serving/loader.py asks for."""
+    from serving.loader import SHARED_FILES
+    from serving.model import MODEL_FILES
+
+    for precision, model in MODEL_FILES.items():
+        files = {p for pattern in (model, *SHARED_FILES) for p in folder.glob(pattern) if p.is_file()}
+        mb = sum(p.stat().st_size for p in files) / 1e6
+        target = " (target for int8 ≤ 15 MB)" if precision == "int8" else ""
+        print(f"a Space serving {precision} downloads {len(files)} files, {mb:.1f} MB{target}")
 
 
 if __name__ == "__main__":

@@ -23,9 +23,10 @@ OUT = Path(__file__).resolve().parent / "out"
 
 
 def model_folder(arch: str = "resnet18", size: int = 224) -> Path:
-    """A model folder (export.pkl, model.onnx, config.json) for `arch`, trained once and cached in bench/out."""
+    """A model folder (export.pkl, model.onnx, model.int8.onnx, config.json) for `arch`, trained once and cached in
+    bench/out."""
     folder = OUT / f"model_{arch}_{size}"
-    if (folder / "model.onnx").exists() and (folder / "export.pkl").exists():
+    if all((folder / name).exists() for name in ("model.onnx", "model.int8.onnx", "export.pkl")):
         return folder
     from tests.tiny_model import make_images
     from training.config import Config

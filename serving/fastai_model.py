@@ -27,6 +27,7 @@ class FastaiModel:
         self.learn = load_learner(learner_pkl, cpu=True)
         self.labels = [str(v) for v in self.learn.dls.vocab]
         self.config = {"labels": self.labels, "metrics": {}, "source": f"{learner_pkl.name} (fastai)"}
+        self.precision = "float32"  # torch's CPU inference, as trained
 
     def classify(self, image: ImageSource) -> dict[str, float]:
         from fastai.vision.core import PILImage

@@ -39,6 +39,9 @@ RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.B
 RESIZE_MODES = ("squish", "crop")
 # model.onnx's second output: what its last linear layer reads (serving/novelty.py).
 FEATURES_OUTPUT = "features"
+# The model files a folder may hold, by precision: model.int8.onnx is model.onnx quantized (training/train/quantize.py),
+# and config.json's `int8` section says whether it kept the float model's answers.
+MODEL_FILES = {"float32": "model.onnx", "int8": "model.int8.onnx"}
 CONVERT_HINT = "run `python -m training convert {pkl} --out {folder}` to write model.onnx and config.json"
 
 
@@ -145,12 +148,13 @@ class Classifier:
     also whether the image looks like any of them (serving/novelty.py), where the folder can tell."""
 
     def __init__(self, session: ort.InferenceSession, config: dict, folder: Path | None = None,
-                 novelty: NoveltyCheck | None = None):
+                 novelty: NoveltyCheck | None = None, precision: str = "float32"):
         self.session, self.config, self.folder, self.novelty = session, config, folder, novelty
+        self.precision = precision  # which of MODEL_FILES runs: the page and /classify say it
         self.labels: list[str] = list(config["labels"])
         self._pre = Preprocess.from_config(config["preprocess"])
         self._input = session.get_inputs()[0].name
-        _check_io(session, self.labels, self._pre.crop, folder)
+        _check_io(session, self.labels, self._pre.crop, folder / MODEL_FILES[precision] if folder else None)
         outputs = [o.name for o in session.get_outputs()]
         # An older model.onnx has the logits only: it serves, without the check.
         self._features = outputs.index(FEATURES_OUTPUT) if FEATURES_OUTPUT in outputs else None
@@ -158,24 +162,27 @@ class Classifier:
             self.novelty = None
 
     @classmethod
-    def from_folder(cls, path: str | os.PathLike, cache_dir: Path | None = None) -> "Classifier":
-        """Load `model.onnx` and `config.json` from a model folder, or raise ModelFolderError.
+    def from_folder(cls, path: str | os.PathLike, cache_dir: Path | None = None,
+                    precision: str = "float32") -> "Classifier":
+        """Load `model.onnx` (or `model.int8.onnx`: `precision` "int8") and `config.json` from a model folder, or raise
+        ModelFolderError.
 
         With a `cache_dir`, the model is loaded from this machine's optimized copy there, written first if
         missing (serving/ort_cache.py); without one, it is optimized in memory and nothing is written.
         """
         folder = Path(path)
-        config = read_config(folder)
+        config = read_config(folder, MODEL_FILES[precision])
         try:
-            novelty = NoveltyCheck.from_folder(folder, config)
+            novelty = NoveltyCheck.from_folder(folder, config, precision)
         except NoveltyError as exc:
             # The classifier is whole without it: serve, and say so (a folder copied without its features file).
             log.warning("serving without the 'none of these' check: %s", exc)
             novelty = None
-        clf = cls(_session(folder / "model.onnx", cache_dir), config, folder, novelty)
+        clf = cls(_session(folder / MODEL_FILES[precision], cache_dir), config, folder, novelty, precision)
         # clf.novelty, not novelty: the classifier drops a check whose features don't fit its model.
         checked = f"novelty check over {len(clf.novelty.bank):,} training images" if clf.novelty else "no novelty check"
-        log.info("loaded %s: %d labels, %dpx input, %s", folder, len(clf.labels), clf.input_size, checked)
+        log.info("loaded %s: %d labels, %dpx input, %s, %s", folder / MODEL_FILES[precision], len(clf.labels),
+                 clf.input_size, precision, checked)
         return clf
 
     @property
@@ -223,9 +230,9 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def read_config(folder: Path) -> dict:
-    """Read and check config.json of a model folder."""
-    _check_files(folder)
+def read_config(folder: Path, model_file: str = "model.onnx") -> dict:
+    """Read and check config.json of a model folder that must hold `model_file` too."""
+    _check_files(folder, model_file)
     try:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -245,12 +252,15 @@ def read_config(folder: Path) -> dict:
     return config
 
 
-def _check_files(folder: Path) -> None:
+def _check_files(folder: Path, model_file: str) -> None:
     if not folder.is_dir():
         raise ModelFolderError(f"no model folder at {folder}; run `python -m training train` to make one")
-    missing = [n for n in ("model.onnx", "config.json") if not (folder / n).is_file()]
+    missing = [n for n in (model_file, "config.json") if not (folder / n).is_file()]
     if not missing:
         return
+    if model_file != "model.onnx" and (folder / "config.json").is_file():
+        raise ModelFolderError(f"{folder} has no {model_file}; `python -m training train` (or `convert --data`) writes "
+                               "it, or serve model.onnx with SERVE_PRECISION=float32")
     pkl = folder / "export.pkl"
     fix = CONVERT_HINT.format(pkl=pkl, folder=folder) if pkl.is_file() else \
         "run `python -m training train` to write a complete model folder"
@@ -301,8 +311,8 @@ def _fits(session: ort.InferenceSession, index: int | None, novelty: NoveltyChec
     return False
 
 
-def _check_io(session: ort.InferenceSession, labels: list[str], size: int, folder: Path | None) -> None:
-    where = folder / "model.onnx" if folder else "model.onnx"
+def _check_io(session: ort.InferenceSession, labels: list[str], size: int, where: Path | None) -> None:
+    where = where or "model.onnx"
     shape = session.get_inputs()[0].shape
     if len(shape) != 4 or list(shape[1:]) != [3, size, size]:
         raise ModelFolderError(f"{where} takes input of shape {shape}, but config.json says [N, 3, {size}, {size}]; "

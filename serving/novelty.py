@@ -71,14 +71,17 @@ class NoveltyCheck:
     threshold: float
 
     @classmethod
-    def from_folder(cls, folder: Path, config: dict) -> "NoveltyCheck | None":
-        """The folder's check, None when config.json has no `novelty` section; NoveltyError if it is unusable."""
+    def from_folder(cls, folder: Path, config: dict, precision: str = "float32") -> "NoveltyCheck | None":
+        """The folder's check for the model of `precision` (each has its own threshold), None when config.json has no
+        `novelty` section; NoveltyError if it is unusable."""
         section = config.get("novelty")
         if not section:
             return None
         path = folder / FEATURES_FILE
         try:
-            k, threshold = int(section["k"]), float(section["threshold"])
+            # The int8 model's features differ a little from the float one's: its threshold was calibrated on its own.
+            k, threshold = int(section["k"]), float(section["threshold"] if precision == "float32"
+                                                     else section[precision]["threshold"])
             if section.get("method") != METHOD:
                 raise ValueError(f"method {section.get('method')!r} is not {METHOD!r}")
             # Never a pickle (the folder may come from anyone's repo), and its shape read before its data.

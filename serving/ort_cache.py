@@ -74,7 +74,7 @@ def _copy_name(model_path: Path) -> str:
     """
     stat = model_path.stat()
     key = (str(model_path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino,
-           ort.__version__, _cpu_flags())
+           ort.__version__, cpu_flags())
     return f"{_digest(key[0], 12)}-{_digest(repr(key), 24)}.onnx"
 
 
@@ -119,7 +119,7 @@ def _digest(text: str, length: int) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
-def _cpu_flags() -> str:
+def cpu_flags() -> str:
     """What the CPU can do, from /proc/cpuinfo ("flags" on x86, "Features" on ARM), else the platform."""
     try:
         return next(line for line in Path("/proc/cpuinfo").read_text().splitlines()

@@ -70,7 +70,7 @@ def build_page(loaded: Loaded, settings: Settings, slots: Slots, title: str = "W
     with gr.Blocks(title=title) as demo:
         with gr.Tab("Classify"):
             gr.Markdown(f"# {title}\nLabels: **{', '.join(model.labels)}**. "
-                        f"Validation error rate: {error_rate}. Model: `{loaded.source}`."
+                        f"Validation error rate: {error_rate}. Model: `{loaded.source}` ({loaded.precision})."
                         + ("" if getattr(model, "novelty", None) else f"\n\n{NO_CHECK}"))
             with gr.Row():
                 with gr.Column():

@@ -82,6 +82,10 @@ class Settings:
     # Set by Hugging Face on a Space, whose page on huggingface.co shows the app in a frame: only there may it be framed
     # by another site.
     space_id: str | None = _env("SPACE_ID", None, "a Space id, user/name")
+    # auto: model.int8.onnx where training's check let it serve and this CPU runs it faster (serving/loader.py), else
+    # model.onnx. float32 or int8 choose one whatever the check or the CPU says.
+    serve_precision: str = _env("SERVE_PRECISION", "auto", "auto, float32 or int8", str,
+                                lambda v: v in ("auto", "float32", "int8"))
     # A private folder, unlike a shared /tmp where another user could plant a model; from_env honours $XDG_CACHE_HOME.
     ort_cache_dir: Path = _env("ORT_CACHE_DIR", _user_cache, "a folder for onnxruntime's optimized models", Path)
 

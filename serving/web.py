@@ -76,6 +76,7 @@ class Prediction(BaseModel):
                                               "the k-th nearest); null without the check")
     novelty_threshold: float | None = Field(description="the novelty above which in_domain is false; null without "
                                                         "the check")
+    precision: str = Field(description="which model answered: float32 (model.onnx) or int8 (model.int8.onnx)")
 
 
 class ErrorBody(BaseModel):
@@ -171,6 +172,7 @@ def json_api(model: Model, settings: Settings, slots: Slots) -> FastAPI:
     app = FastAPI(title="Image classifier", description=f"Labels: {', '.join(model.labels)}", docs_url=None,
                   redoc_url=None)
     max_bytes = settings.max_upload_bytes
+    precision = getattr(model, "precision", "float32")
 
     @app.exception_handler(RequestValidationError)
     async def no_file(request, exc):  # FastAPI's own answer, {"detail": [...]}, is not the documented ErrorBody
@@ -210,7 +212,7 @@ def json_api(model: Model, settings: Settings, slots: Slots) -> FastAPI:
             log.exception("classification failed")  # the details stay in the server log
             return error_response("internal")
         return Prediction(label=verdict.label, confidences=verdict.probs, in_domain=verdict.in_domain,
-                          novelty=verdict.novelty, novelty_threshold=verdict.threshold)
+                          novelty=verdict.novelty, novelty_threshold=verdict.threshold, precision=precision)
 
     return app
 

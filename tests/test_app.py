@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -105,6 +106,21 @@ def test_the_page_prepares_any_image_as_training_did(client, example, tmp_path, 
     assert any(abs(got["sent"][k] - got["wrong"][k]) > 1e-4 for k in got["sent"])
 
 
+def served_precision(config: dict) -> str:
+    """What SERVE_PRECISION=auto should serve here, read independently of serving/loader.py: int8 when training's
+    check let it and this CPU has VNNI (or AMX), else float32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        flags = []
+    fast = any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+    return "int8" if fast and config.get("int8", {}).get("serve") else "float32"
+
+
+def novelty_threshold(config: dict, precision: str) -> float:
+    return config["novelty"]["threshold"] if precision == "float32" else config["novelty"][precision]["threshold"]
+
+
 def _as_dict(out: dict) -> dict[str, float]:
     return {c["label"]: c["confidence"] for c in out["confidences"]}
 
@@ -116,8 +132,10 @@ def test_classify_json_endpoint(live, example, tiny_model):
     assert set(body["confidences"]) == {"circle", "square", "triangle"}  # tests/tiny_model.py's SHAPES
     assert math.isclose(sum(body["confidences"].values()), 1.0, abs_tol=1e-9)
     assert body["label"] == max(body["confidences"], key=body["confidences"].get)
-    # The "none of these" check, with the threshold training wrote into config.json.
-    threshold = json.loads((tiny_model.folder / "config.json").read_text())["novelty"]["threshold"]
+    # The model auto chose, and the "none of these" check with the threshold training wrote for it into config.json.
+    config = json.loads((tiny_model.folder / "config.json").read_text())
+    assert body["precision"] == served_precision(config)
+    threshold = novelty_threshold(config, body["precision"])
     assert body["novelty_threshold"] == threshold and isinstance(body["novelty"], float)
     assert body["in_domain"] is (body["novelty"] <= threshold)
 
@@ -142,7 +160,7 @@ def test_a_folder_without_the_check_still_serves_and_says_so(tiny_model, example
 
 def test_the_check_is_in_the_openapi_schema_and_the_gradio_api(live, client):
     schema = httpx.get(live.url + "/openapi.json", timeout=10).json()["components"]["schemas"]["Prediction"]
-    assert {"in_domain", "novelty", "novelty_threshold"} <= set(schema["properties"])
+    assert {"in_domain", "novelty", "novelty_threshold", "precision"} <= set(schema["properties"])
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     assert {"/predict", "/check"} <= set(endpoints)
     assert [r["component"] for r in endpoints["/predict"]["returns"]] == ["Label"]  # unchanged for old clients
@@ -151,7 +169,8 @@ def test_the_check_is_in_the_openapi_schema_and_the_gradio_api(live, client):
 
 def test_check_through_gradio_client(client, example, tiny_model):
     label, verdict = client.predict(handle_file(str(example)), api_name="/check")
-    threshold = json.loads((tiny_model.folder / "config.json").read_text())["novelty"]["threshold"]
+    config = json.loads((tiny_model.folder / "config.json").read_text())
+    threshold = novelty_threshold(config, served_precision(config))
     assert verdict["novelty_threshold"] == threshold and verdict["in_domain"] is (verdict["novelty"] <= threshold)
     assert label == client.predict(handle_file(str(example)), api_name="/predict")
 
@@ -337,6 +356,8 @@ def test_page_names_the_labels_error_rate_and_source(live, tiny_model):
     for label in ("circle", "square", "triangle"):
         assert label in config
     assert "Validation error rate" in config and str(tiny_model.folder) in config
+    served = served_precision(json.loads((tiny_model.folder / "config.json").read_text()))
+    assert f"`{tiny_model.folder}` ({served})" in config  # which model serves: float32 or int8
 
 
 def test_internal_details_stay_in_the_server_log(live, tmp_path, image_server):

@@ -34,6 +34,14 @@ def fraction(text: str) -> float:
     return value
 
 
+def share(text: str) -> float:
+    """An argparse type: a float from 0 to 1, both included."""
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 1, got {text}")
+    return value
+
+
 def positive(text: str) -> float:
     """An argparse type: a float above 0."""
     value = float(text)
@@ -107,6 +115,19 @@ def _train_flags(p: argparse.ArgumentParser, *, with_name: bool) -> None:
                    help="share of in-domain validation images the 'none of these' threshold lets pass")
     g.add_argument("--novelty-k", type=at_least(1), default=D.novelty_k,
                    help="the novelty score is the cosine distance to this nearest training image")
+    _int8_flags(g)
+
+
+def _int8_flags(g) -> None:
+    g.add_argument("--no-int8", dest="int8", action="store_false", default=S,
+                   help="write no model.int8.onnx (by default it is written, checked against model.onnx, and served "
+                        "where it passes the check below and the CPU runs it faster)")
+    g.add_argument("--int8-min-agreement", type=share, default=D.int8_min_agreement, metavar="SHARE",
+                   help="the int8 model serves only if its top label is the float model's on this share of the "
+                        "validation images")
+    g.add_argument("--int8-max-error-gap", type=share, default=D.int8_max_error_gap, metavar="GAP",
+                   help="...and its validation error rate is at most this much above the float model's (0.005: half "
+                        "a point)")
 
 
 def _hub_flags(p: argparse.ArgumentParser, *, in_all: bool, what: str = "repo") -> None:
@@ -215,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--novelty-pass-rate", type=fraction, default=D.novelty_pass_rate,
                    help="share of validation images the 'none of these' threshold lets pass")
     p.add_argument("--novelty-k", type=at_least(1), default=D.novelty_k, help="the k-th nearest training image")
+    _int8_flags(p)  # with --data only: the int8 model is calibrated on its training images
     for stage in parser.stages.values():  # -v after the stage name too; absent unless given, so either place works
         stage.add_argument("-v", "--verbose", action="store_true", default=S, help="debug logging")
     return parser
@@ -299,5 +321,7 @@ def _run(args: argparse.Namespace) -> int:
         from training.train.convert import convert
         convert(args.export_pkl, args.out, size=args.size, data=args.data,
                 settings=D.replace(valid_pct=args.valid_pct, seed=args.seed, other=args.other,
-                                   novelty_pass_rate=args.novelty_pass_rate, novelty_k=args.novelty_k))
+                                   novelty_pass_rate=args.novelty_pass_rate, novelty_k=args.novelty_k,
+                                   **{k: v for k in ("int8", "int8_min_agreement", "int8_max_error_gap")
+                                      if (v := getattr(args, k, None)) is not None}))
     return 0

@@ -71,6 +71,11 @@ class Config:
     novelty_k: int = 1  # measured best of 1, 5, 10 and 50 here (bench/novelty.py, docs/decisions.md)
     novelty_pass_rate: float = 0.95
     other: Path | None = None
+    # The int8 model (training/train/quantize.py) serves only if it agrees with the float one on this share of the
+    # validation images and its error rate is at most this much higher (0.005: half a point).
+    int8: bool = True
+    int8_min_agreement: float = 0.99
+    int8_max_error_gap: float = 0.005
 
     # --- publish ---------------------------------------------------------------------------
     repo_id: str | None = None  # Hub model repo "user/name"; `all` publishes only when it is set

@@ -87,7 +87,9 @@ def test_space_front_matter_and_variables_pin_the_published_commit(hub, deployed
     assert 0 < len(meta["short_description"]) <= 60 and "circle" in meta["short_description"]
     assert hub.variables(SPACE) == {"MODEL_REPO": MODEL, "MODEL_REVISION": hub.published}
     # The files the app reads from the model repo, at that commit, downloaded when the Space is built.
-    assert meta["preload_from_hub"] == [f"{MODEL} config.json,model.onnx,novelty_features.npy {hub.published}"]
+    read = {"config.json", "model.onnx", "model.int8.onnx", "novelty_features.npy"} & set(hub.files("model", MODEL))
+    assert {"config.json", "model.onnx", "novelty_features.npy"} <= read
+    assert meta["preload_from_hub"] == [f"{MODEL} {','.join(sorted(read))} {hub.published}"]
 
 
 def test_a_restarted_space_starts_from_its_preloaded_files_without_the_hub(tiny_model, hub, deployed, tmp_path):

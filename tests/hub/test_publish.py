@@ -32,7 +32,7 @@ def publish(*args: str, env: dict) -> subprocess.CompletedProcess:
 def expected_files(folder) -> dict[str, str]:
     """What publish must upload from a model folder made by `train`, besides README.md and pyproject.toml: repo path
     -> the local file's path in the folder (the learner, export.pkl, goes up as model.pkl)."""
-    wanted = ["model.onnx", "config.json", "novelty_features.npy", "report/*.png",
+    wanted = ["model.onnx", "model.int8.onnx", "config.json", "novelty_features.npy", "report/*.png",
               "report/metrics.json", "report/report.md", "report/history.csv", "examples/*"]
     files = {p.relative_to(folder).as_posix(): p.relative_to(folder).as_posix()
              for pattern in wanted for p in folder.glob(pattern)}
@@ -122,6 +122,8 @@ def test_card_body_documents_the_model(tiny_model, card):
     # No Space was named: no placeholder client that fails when pasted; where to find the Spaces instead.
     assert "Client(" not in text and "YOUR-" not in text and f'"Spaces using {REPO}"' in text
     assert "pickles" in text and "only from repos you trust" in text and "`model.onnx` runs no code" in text
+    # Which model serves, and why: the int8 check's figures as config.json has them.
+    assert "## Int8 model" in text and config["int8"]["reason"] in text and "**It may serve**" in text
 
 
 def test_limitations_speak_of_the_search_when_the_images_were_searched():

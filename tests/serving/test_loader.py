@@ -7,9 +7,9 @@ import sys
 import pytest
 
 from serving.fastai_model import FastaiModel
-from serving.loader import NoModel, load_model
+from serving.loader import NoModel, choose_precision, load_model
 from serving.model import Classifier
-from serving.settings import Settings
+from serving.settings import Settings, SettingsError
 
 
 def _settings(tmp_path, folder) -> Settings:
@@ -72,3 +72,54 @@ def test_export_pkl_without_fastai_installed_points_to_convert(tiny_model, tmp_p
         load_model(_settings(tmp_path, tmp_path))
     assert "needs fastai" in str(err.value)
     assert f"python -m training convert {tmp_path / 'export.pkl'}" in str(err.value)
+
+
+VNNI = "flags\t\t: fpu sse2 avx2 fma avx512f avx512_vnni"
+NO_VNNI = "flags\t\t: fpu sse2 avx2 fma"
+
+
+@pytest.mark.parametrize("setting, section, flags, served", [
+    ("auto", {"serve": True}, VNNI, "int8"),
+    ("auto", {"serve": True}, "flags : avx2 avx_vnni", "int8"),
+    ("auto", {"serve": True}, NO_VNNI, "float32"),  # int8 is not known to be faster there: never slower
+    ("auto", {"serve": True}, "Features : fp asimd asimddp", "float32"),  # ARM: not measured, so float
+    ("auto", {"serve": False, "reason": "it disagreed"}, VNNI, "float32"),
+    ("auto", None, VNNI, "float32"),
+    ("float32", {"serve": True}, VNNI, "float32"),
+    ("int8", {"serve": False}, NO_VNNI, "int8"),  # an explicit choice overrides both
+])
+def test_which_model_serves(setting, section, flags, served):
+    config = {"labels": ["a", "b"]} if section is None else {"labels": ["a", "b"], "int8": section}
+    precision, why = choose_precision(setting, config, flags)
+    assert precision == served and why
+
+
+def test_the_reason_says_why_int8_does_not_serve():
+    assert "it disagreed" in choose_precision("auto", {"int8": {"serve": False, "reason": "it disagreed"}}, VNNI)[1]
+    assert "avx512_vnni" in choose_precision("auto", {"int8": {"serve": True}}, NO_VNNI)[1]
+
+
+def test_serve_precision_int8_loads_the_int8_model(tiny_model, tmp_path):
+    settings = Settings(model_dir=tiny_model.folder, ort_cache_dir=tmp_path / "ort", serve_precision="int8")
+    loaded = load_model(settings)
+    assert loaded.precision == loaded.model.precision == "int8"
+    [cached] = (tmp_path / "ort").glob("*.onnx")  # the optimized copy of model.int8.onnx, not model.onnx
+    assert cached.stat().st_size < (tiny_model.folder / "model.onnx").stat().st_size / 3
+    settings = Settings(model_dir=tiny_model.folder, ort_cache_dir=tmp_path / "ort", serve_precision="float32")
+    assert load_model(settings).precision == "float32"
+
+
+def test_int8_asked_for_but_missing_says_what_to_do(tiny_model, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model.folder, folder, ignore=shutil.ignore_patterns("model.int8.onnx"))
+    with pytest.raises(NoModel, match="has no model.int8.onnx.*SERVE_PRECISION=float32"):
+        load_model(Settings(model_dir=folder, ort_cache_dir=tmp_path / "ort", serve_precision="int8"))
+    # auto serves the float model instead, whatever config.json says of the int8 one
+    assert load_model(Settings(model_dir=folder, ort_cache_dir=tmp_path / "ort")).precision == "float32"
+
+
+def test_serve_precision_takes_three_values():
+    assert Settings.from_env({"SERVE_PRECISION": "int8"}).serve_precision == "int8"
+    assert Settings.from_env({}).serve_precision == "auto"
+    with pytest.raises(SettingsError, match="SERVE_PRECISION='fp16' is not usable: it takes auto, float32 or int8"):
+        Settings.from_env({"SERVE_PRECISION": "fp16"})

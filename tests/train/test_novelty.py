@@ -96,14 +96,22 @@ def test_convert_with_the_training_images_adds_the_check(trained, tmp_path):
     assert section["train_images"] == config["novelty"]["train_images"]
     assert section["threshold"] == pytest.approx(config["novelty"]["threshold"], abs=1e-4)
     assert np.array_equal(np.load(out / FEATURES_FILE), np.load(folder / FEATURES_FILE))
+    # The int8 model too, checked on the same validation split: the same figures as training's.
+    int8 = json.loads((out / "config.json").read_text())["int8"]
+    assert (out / "model.int8.onnx").is_file() and int8["valid_images"] == config["int8"]["valid_images"]
+    assert int8["error_rate_float32"] == config["int8"]["error_rate_float32"]
+    assert section["int8"]["threshold"] == pytest.approx(config["novelty"]["int8"]["threshold"], abs=1e-3)
 
 
 def test_convert_without_data_serves_without_the_check(trained, tmp_path):
     _, folder, _ = trained
     out = tmp_path / "converted"
     out.mkdir()
-    shutil.copyfile(folder / FEATURES_FILE, out / FEATURES_FILE)  # an earlier model's, which must not survive
+    for name in (FEATURES_FILE, "model.int8.onnx"):  # an earlier model's, which must not survive
+        shutil.copyfile(folder / name, out / name)
     convert(folder / "export.pkl", out)
-    assert "novelty" not in json.loads((out / "config.json").read_text()) and not (out / FEATURES_FILE).exists()
+    config = json.loads((out / "config.json").read_text())
+    assert "novelty" not in config and not (out / FEATURES_FILE).exists()
+    assert "int8" not in config and not (out / "model.int8.onnx").exists()  # no images to calibrate on
     verdict = Classifier.from_folder(out).judge(folder.parent / "data" / "other" / "other00.jpg")
     assert (verdict.in_domain, verdict.novelty, verdict.threshold) == (None, None, None)

@@ -25,7 +25,8 @@ from pathlib import Path
 from huggingface_hub import HfApi, SpaceCardData, constants
 from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
-from serving.loader import SERVING_FILES
+from serving.loader import SHARED_FILES
+from serving.model import MODEL_FILES
 from training.config import Config
 from training.errors import StageError
 from training.hub.access import (HUB_ERRORS, check_hardware, check_private, check_repo_id, connect, fresh_folder,
@@ -134,12 +135,14 @@ def _fetch_model_files(api: HfApi, repo: str, revision: str, folder: Path) -> tu
 
 
 def preloaded(repo_files: list[str], revision: str) -> list[str]:
-    """The model files the Space's build downloads into its cache (preload_from_hub): those the app reads, but the
-    examples, which the Space holds itself. None for a branch, which the build could preload at another commit."""
+    """The model files the Space's build downloads into its cache (preload_from_hub): those the app may read (both
+    models: which one serves depends on the Space's CPU), but the examples, which the Space holds itself. None for a
+    branch, which the build could preload at another commit."""
     if not FULL_SHA.fullmatch(revision):
         return []
+    read = [*MODEL_FILES.values(), *SHARED_FILES]
     return sorted(f for f in repo_files if not f.startswith("examples/")
-                  and any(fnmatch.fnmatch(f, pattern) for pattern in SERVING_FILES))
+                  and any(fnmatch.fnmatch(f, pattern) for pattern in read))
 
 
 # --- the files --------------------------------------------------------------------------------------------

@@ -3,12 +3,12 @@
     python -m training publish models/bears --repo-id you/bears        # prints the commit sha
     python -m training publish models/bears --repo-id you/bears --dry-run --out /tmp/bears-upload
 
-Uploads model.onnx, config.json, the learner (export.pkl, as model.pkl with a pyproject.toml: the layout
-`push_to_hub_fastai` writes and `from_pretrained_fastai` reads), the report (plots, metrics.json, report.md),
-examples/ and a README.md model card written from config.json. Everything goes into one commit: if the upload breaks
-off, the repo stays at its previous commit and rerunning the command finishes the job (objects already
-uploaded are not sent again; a rerun with nothing new makes no commit). `--dry-run` writes exactly the files
-that would be uploaded into `--out` and contacts nobody.
+Uploads model.onnx, model.int8.onnx (when training wrote one), config.json, the learner (export.pkl, as model.pkl
+with a pyproject.toml: the layout `push_to_hub_fastai` writes and `from_pretrained_fastai` reads), the report (plots,
+metrics.json, report.md), examples/ and a README.md model card written from config.json. Everything goes into one
+commit: if the upload breaks off, the repo stays at its previous commit and rerunning the command finishes the job
+(objects already uploaded are not sent again; a rerun with nothing new makes no commit). `--dry-run` writes exactly
+the files that would be uploaded into `--out` and contacts nobody.
 
 The token comes from HF_TOKEN or `hf auth login`. It is checked (whoami) before the upload starts, and never
 printed or written anywhere (see training/hub/access.py).
@@ -24,18 +24,21 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 
+from serving.model import MODEL_FILES
 from serving.novelty import FEATURES_FILE
 from training.config import Config
 from training.errors import StageError
 from training.hub.access import HUB_ERRORS, check_private, check_repo_id, connect, fresh_folder, reason
 from training.train.evaluate import per_class_table
 from training.train.novelty import novelty_markdown
+from training.train.quantize import int8_markdown
 
 log = logging.getLogger(__name__)
 
 REQUIRED = ("model.onnx", "config.json")  # what the app serves
-# export.pkl for load_learner users (a folder made by `convert` may lack it); the "none of these" check's features.
-OPTIONAL = ("export.pkl", FEATURES_FILE)
+# export.pkl for load_learner users (a folder made by `convert` may lack it); the "none of these" check's features;
+# the int8 model, which the app serves where training's check and the CPU allow (a Space downloads only one of the two).
+OPTIONAL = ("export.pkl", FEATURES_FILE, MODEL_FILES["int8"])
 REPORT = ("report/*.png", "report/metrics.json", "report/report.md", "report/history.csv")
 # A rerun replaces these folders as a whole, so a retrained model leaves no stale example or plot behind; and
 # export.pkl, the learner's name in repos published before it went up as model.pkl.
@@ -160,7 +163,7 @@ def model_card(config: dict, cfg: Config, files: list[str], sizes: dict[str, int
     `sizes` (bytes per repo path) says what `from_pretrained_fastai`, which downloads the whole repo, costs."""
     data = _card_data(config, cfg)
     sections = [_intro(config, cfg), _evaluation(config, files), novelty_markdown(config.get("novelty")),
-                _training(config), _limitations(config),
+                int8_markdown(config.get("int8")), _training(config), _limitations(config),
                 _versions(config), _usage(config, cfg, files, sizes or {})]
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(sections))
     return str(card).rstrip("\n") + "\n"

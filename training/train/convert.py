@@ -21,6 +21,8 @@ from training.config import Config
 from training.errors import StageError
 from training.train.export import library_versions, write_folder
 from training.train.novelty import add_novelty_check, add_to_report, other_images
+from training.train.quantize import add_int8_model
+from training.train.quantize import add_to_report as add_int8_to_report
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +47,8 @@ def convert(export_pkl: Path, out: Path, size: int | None = None, data: Path | N
     if data is not None:
         _add_novelty_check(out, data, config["labels"], settings)
     else:
-        log.info("no --data: the folder serves without a 'none of these' check")
+        log.info("no --data: the folder serves without a 'none of these' check and without an int8 model (both "
+                 "need the training images)")
     log.info("converted %s: %d labels at %dpx; wrote %s", export_pkl, len(config["labels"]), config["input_size"], out)
     return out
 
@@ -59,12 +62,16 @@ def _add_novelty_check(out: Path, data: Path, labels: list[str], settings: Confi
         raise StageError(f"--data {data} should hold the training images in one folder per label ({', '.join(labels)})"
                          f"; found {'labels ' + ', '.join(found) if found else 'no images'}")
     train_idx, valid_idx = RandomSplitter(settings.valid_pct, seed=settings.seed)(items)
+    train_items, valid_items = [items[i] for i in train_idx], [items[i] for i in valid_idx]
+    int8 = add_int8_model(out, train_items, valid_items, [labels.index(parent_label(p)) for p in valid_items],
+                          min_agreement=settings.int8_min_agreement, max_error_gap=settings.int8_max_error_gap,
+                          seed=settings.seed) if settings.int8 else None
     other = settings.other if settings.other is not None else data / "other"
-    section = add_novelty_check(out, [items[i] for i in train_idx], [items[i] for i in valid_idx],
-                                k=settings.novelty_k, pass_rate=settings.novelty_pass_rate,
-                                others=other_images(other), seed=settings.seed)
+    section = add_novelty_check(out, train_items, valid_items, k=settings.novelty_k,
+                                pass_rate=settings.novelty_pass_rate, others=other_images(other), seed=settings.seed)
     if (out / "report").is_dir():
         add_to_report(out / "report", section)
+        add_int8_to_report(out / "report", int8)
 
 
 def _trained_info(out: Path, export_pkl: Path) -> dict | None:

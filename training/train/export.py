@@ -22,7 +22,7 @@ import torch
 from fastai.data.transforms import IntToFloatTensor, Normalize
 from fastai.vision.augment import RandomResizedCrop, Resize, ResizeMethod
 
-from serving.model import FORMAT_VERSION, RESAMPLE, Classifier, ModelFolderError
+from serving.model import FORMAT_VERSION, MODEL_FILES, RESAMPLE, Classifier, ModelFolderError
 from serving.novelty import FEATURES_FILE
 from serving.ort_cache import ORT_ERRORS
 from training.errors import StageError
@@ -50,7 +50,8 @@ def write_folder(learn, out: Path, info: dict, size: int | None = None) -> dict:
     config = {"format_version": FORMAT_VERSION, "labels": [str(v) for v in learn.dls.vocab],
               "input_size": spec["crop"], "preprocess": spec, **info, "versions": library_versions()}
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    (out / FEATURES_FILE).unlink(missing_ok=True)  # an earlier model's: the check is added after this, or not at all
+    for stale in (FEATURES_FILE, MODEL_FILES["int8"]):  # an earlier model's: added after this, or not at all
+        (out / stale).unlink(missing_ok=True)
     _check_folder(learn.model, out)
     log.info("model.onnx (%.1f MB) agrees with the torch model; config.json lists %d labels",
              (out / "model.onnx").stat().st_size / 1e6, len(config["labels"]))

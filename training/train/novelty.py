@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from serving.imaging import ImageRejected
-from serving.model import Classifier
+from serving.model import MODEL_FILES, Classifier
 from serving.novelty import FEATURES_FILE, MAX_FEATURES, METHOD, auroc, knn_distances, normalised, threshold_for
 from training.errors import StageError
 
@@ -39,6 +39,8 @@ def add_novelty_check(folder: Path, train_items: Sequence[Path], valid_items: Se
                "dim": int(bank.shape[1]), "threshold": threshold, "target_pass_rate": pass_rate,
                "valid_pass_rate": float(np.mean(valid_scores <= threshold)), "valid_images": len(valid_scores),
                "others": _measured_on_others(clf, bank, k, others, valid_scores, threshold, valid_probs, pass_rate)}
+    if (folder / MODEL_FILES["int8"]).is_file():
+        section["int8"] = _int8_threshold(folder, bank, k, valid_items, others, pass_rate)
     config_file = folder / "config.json"
     config = json.loads(config_file.read_text(encoding="utf-8"))
     config_file.write_text(json.dumps({**config, "novelty": section}, indent=2) + "\n")
@@ -46,6 +48,18 @@ def add_novelty_check(folder: Path, train_items: Sequence[Path], valid_items: Se
              "images%s", len(bank), threshold, 100 * section["valid_pass_rate"], len(valid_scores),
              _caught_note(section["others"]))
     return section
+
+
+def _int8_threshold(folder: Path, bank: np.ndarray, k: int, valid_items: Sequence[Path], others: Sequence[Path],
+                    pass_rate: float) -> dict:
+    """The int8 model's own threshold: its features are the float model's to within quantization, so its distances
+    to the same stored features are calibrated the same way, through the int8 model itself."""
+    clf = Classifier.from_folder(folder, cache_dir=None, precision="int8")
+    valid_probs, valid_features = _probs_and_features(clf, valid_items, "validation images (int8)")
+    valid_scores = knn_distances(bank, valid_features, k)
+    threshold = threshold_for(valid_scores, pass_rate)
+    return {"threshold": threshold, "valid_pass_rate": float(np.mean(valid_scores <= threshold)),
+            "others": _measured_on_others(clf, bank, k, others, valid_scores, threshold, valid_probs, pass_rate)}
 
 
 def _measured_on_others(clf: Classifier, bank: np.ndarray, k: int, others: Sequence[Path], valid_scores: np.ndarray,
@@ -135,6 +149,9 @@ def novelty_markdown(section: dict | None, level: int = 2) -> str:
              f"{_ordinal(section['k'])} nearest, {section['threshold']:.4f}. The threshold lets "
              f"**{section['valid_pass_rate']:.1%} of the {section['valid_images']} validation images** pass (the "
              f"target: {section['target_pass_rate']:.0%}).", ""]
+    if section.get("int8"):
+        lines += [f"The int8 model's threshold, calibrated the same way through it: {section['int8']['threshold']:.4f} "
+                  f"(passes {section['int8']['valid_pass_rate']:.1%}).", ""]
     others = section.get("others")
     if not others:
         lines.append("How well it catches images that show none of the labels was **not measured**: there were no "

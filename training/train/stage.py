@@ -46,6 +46,8 @@ from training.train import distributed
 from training.train.evaluate import evaluate
 from training.train.export import EXAMPLES_PER_LABEL, export
 from training.train.novelty import add_novelty_check, add_to_report, other_images
+from training.train.quantize import add_int8_model
+from training.train.quantize import add_to_report as add_int8_to_report
 
 log = logging.getLogger(__name__)
 
@@ -135,11 +137,16 @@ def _write_model(learn, folder: Path, resolved: Config, evaluation, dataset: dic
     # settings.json keeps the batch size asked for, config.json the one used (smaller on a small dataset).
     info = _config_info(resolved.replace(batch_size=learn.dls.bs), evaluation.metrics, dataset, seconds, processes)
     export(learn, folder, info=info, examples=evaluation.examples(EXAMPLES_PER_LABEL))
+    train_items = [Path(p) for p in learn.dls.train.items]
+    # The int8 model first: the "none of these" check calibrates a threshold for each model the folder holds.
+    int8 = add_int8_model(folder, train_items, evaluation.items, evaluation.targets,
+                          min_agreement=resolved.int8_min_agreement, max_error_gap=resolved.int8_max_error_gap,
+                          seed=resolved.seed) if resolved.int8 else None
     others = other_images(resolved.other_dir)
-    section = add_novelty_check(folder, [Path(p) for p in learn.dls.train.items], evaluation.items,
-                                k=resolved.novelty_k, pass_rate=resolved.novelty_pass_rate, others=others,
-                                seed=resolved.seed)
+    section = add_novelty_check(folder, train_items, evaluation.items, k=resolved.novelty_k,
+                                pass_rate=resolved.novelty_pass_rate, others=others, seed=resolved.seed)
     add_to_report(folder / "report", section)
+    add_int8_to_report(folder / "report", int8)
     resolved.write(folder / "settings.json")
 
 
