@@ -314,7 +314,9 @@ def _confidences(stream: str) -> dict[str, float]:
 def test_inline_images_through_gradios_http_api_are_classified_as_sent(live, tiny_model, example, tmp_path):
     """A data: URL instead of an upload: the same probabilities as the file itself, transparency included."""
     half_transparent(example).save(tmp_path / "clear.png")
-    clf = Classifier.from_folder(tiny_model.folder)
+    # The model the app serves: int8 where training's check and this CPU allow it (SERVE_PRECISION=auto).
+    served = served_precision(json.loads((tiny_model.folder / "config.json").read_text()))
+    clf = Classifier.from_folder(tiny_model.folder, precision=served)
     for path, mime in ((example, "image/jpeg"), (tmp_path / "clear.png", "image/png")):
         inline = f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode()
         got = _confidences(_call_predict(live.url, {"url": inline, "meta": {"_type": "gradio.FileData"}}))

@@ -27,7 +27,8 @@ def want(tiny_model, photo) -> dict[str, float]:
 
 @pytest.fixture(scope="module")
 def live(tiny_model):
-    with LiveApp({"MODEL_DIR": str(tiny_model.folder)}) as app:
+    # float32, the model `want` runs: these examples are about the APIs, not about which model serves.
+    with LiveApp({"MODEL_DIR": str(tiny_model.folder), "SERVE_PRECISION": "float32"}) as app:
         yield app
 
 
