@@ -1,4 +1,5 @@
-"""Serve a model folder that holds only `export.pkl`, through fastai (imported only when needed).
+"""Serve a model folder that holds only a learner (`model.pkl` or `export.pkl`), through fastai (imported only when
+needed).
 
 This is the slow path, kept so a repo pushed with fastai's own helpers still works. The fast path is
 `python -m training convert export.pkl --out DIR`, then serving DIR with onnxruntime.
@@ -20,12 +21,12 @@ def fastai_available() -> bool:
 class FastaiModel:
     """`classify(image) -> {label: probability}` with load_learner + learn.predict."""
 
-    def __init__(self, export_pkl: Path):
+    def __init__(self, learner_pkl: Path):
         from fastai.learner import load_learner
 
-        self.learn = load_learner(export_pkl, cpu=True)
+        self.learn = load_learner(learner_pkl, cpu=True)
         self.labels = [str(v) for v in self.learn.dls.vocab]
-        self.config = {"labels": self.labels, "metrics": {}, "source": "export.pkl (fastai)"}
+        self.config = {"labels": self.labels, "metrics": {}, "source": f"{learner_pkl.name} (fastai)"}
         self.precision = "float32"  # torch's CPU inference, as trained
 
     def classify(self, image: ImageSource) -> dict[str, float]:
@@ -37,5 +38,5 @@ class FastaiModel:
         return dict(zip(self.labels, map(float, probs)))
 
     def judge(self, image: ImageSource) -> Verdict:
-        """The probabilities; an export.pkl carries no training features, so no novelty check."""
+        """The probabilities; a learner carries no training features, so no novelty check."""
         return Verdict(self.classify(image))

@@ -12,7 +12,7 @@
 - mount(): the page mounted on our FastAPI app, with what `launch()` would have set and what a stateless
   public demo needs instead of Gradio's defaults: file routes that serve this app's files only, never as a page,
   and fetch nothing; no URL fetched for any input of any endpoint; malformed API calls logged in one line, their
-  tracebacks at DEBUG.
+  tracebacks at DEBUG (refuse_malformed_calls(), also for each page `gradio app.py` swaps in).
 """
 from __future__ import annotations
 
@@ -110,6 +110,7 @@ from gradio.route_utils import FnIndexInferError  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 from starlette.routing import Mount  # noqa: E402
 
+from serving.imaging import FORMAT_NAMES  # noqa: E402
 from serving.web import MESSAGES, Gone, Slots, error_response  # noqa: E402
 
 # Each API call is a session whose configs Gradio keeps (10,000 by default); this app keeps nothing in one.
@@ -130,6 +131,9 @@ SCHEME = re.compile(r"\s*[a-z][a-z0-9+.-]*:", re.IGNORECASE)
 MALFORMED = (ValidationError, KeyError, IndexError, TypeError, ValueError, gr.Error, FnIndexInferError)
 # Gradio's functions that fetch a URL for a request (an input's or output's file, a component's own download).
 FETCHES = ("async_ssrf_protected_download", "async_ssrf_protected_get")
+# What the API page says /predict and /check take.
+API_INPUT = (f"An image file, uploaded: handle_file(\"photo.jpg\") in gradio_client ({FORMAT_NAMES}). A URL is "
+             "refused: download the image, then send the file.")
 
 
 class UploadedImage(gr.Image):
@@ -141,6 +145,10 @@ class UploadedImage(gr.Image):
     """
 
     is_template = True  # render with gr.Image's front end
+
+    def api_info_as_input(self) -> dict[str, Any]:
+        # Gradio's own says "A local filepath or publicly available URL": this app takes uploads only.
+        return {**super().api_info_as_input(), "additional_description": API_INPUT}
 
     def preprocess(self, payload):
         if payload is None:
@@ -195,7 +203,7 @@ def mount(app: FastAPI, demo: gr.Blocks, max_file_size: int) -> FastAPI:
     demo.state_session_capacity = SESSIONS_KEPT
     demo.delete_cache = DELETE_UPLOADS
     _fetch_no_urls()
-    _refuse_malformed_calls(demo)
+    refuse_malformed_calls(demo)
     # show_error=False: a visitor reads our sentences (gr.Error), never an exception's own text.
     app = gr.mount_gradio_app(app, demo, path="/", max_file_size=max_file_size, show_error=False)
     # Gradio refuses API calls that name files on the server instead of uploads only once `launch()` has set this;
@@ -203,6 +211,7 @@ def mount(app: FastAPI, demo: gr.Blocks, max_file_size: int) -> FastAPI:
     demo.has_launched = True
     gradio = app.routes[-1]  # what mount_gradio_app has just added
     assert isinstance(gradio, Mount), gradio
+    app.state.gradio_app = gradio.app  # Gradio's own app, whose page `gradio app.py` swaps (serving/reloading.py)
     gradio.app = QuietRouteErrors(gradio.app)
     app.add_middleware(FileRoutes)
     app.router.lifespan_context = _deleting_temp_dir(app.router.lifespan_context)
@@ -242,7 +251,7 @@ async def _refuse_url(url: str, *args: Any, **kwargs: Any) -> Any:
     raise gr.Error(MESSAGES["url"], print_exception=False)
 
 
-def _refuse_malformed_calls(demo: gr.Blocks) -> None:
+def refuse_malformed_calls(demo: gr.Blocks) -> None:
     """An API call Gradio can't run (an fn_index of a function that runs only in the browser, too few inputs, inputs of
     the wrong shape, a file that wasn't uploaded) gets our sentence, and one INFO line in the log with its traceback
     at DEBUG: Gradio printed each one's traceback (about 7 KB, for anyone to send) to stderr. Any other exception is

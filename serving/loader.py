@@ -26,6 +26,9 @@ SHARED_FILES = ["config.json", FEATURES_FILE, "examples/*"]
 # onnxruntime's int8 convolutions beat float32 on x86 with the dot-product instructions of VNNI (AVX-512 or AVX)
 # or AMX: 3x here (docs/benchmarks.md). Without them they were not measured, so auto serves float32 there.
 INT8_CPU_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}
+# A learner, served through fastai where there is no ONNX model: model.pkl is what `push_to_hub_fastai` writes (and
+# `python -m training publish` uploads), export.pkl what `learn.export()` does.
+LEARNERS = ("model.pkl", "export.pkl")
 
 
 class Model(Protocol):
@@ -51,11 +54,19 @@ class Loaded:
 
     @property
     def examples(self) -> list[str]:
-        return sorted(str(p) for p in (self.folder / "examples").glob("*") if p.is_file())
+        return example_images(self.folder / "examples")
 
     @property
     def error_rate(self) -> float | None:
         return (self.model.config.get("metrics") or {}).get("error_rate")
+
+
+def example_images(folder: Path) -> list[str]:
+    """The image files in `folder` (by their extension, as Pillow knows them), sorted; none if it doesn't exist."""
+    from PIL import Image
+
+    extensions = Image.registered_extensions()
+    return sorted(str(p) for p in folder.glob("*") if p.is_file() and p.suffix.lower() in extensions)
 
 
 class NoModel(RuntimeError):
@@ -106,8 +117,12 @@ def _download(repo: str, revision: str, setting: str) -> Path:
             # config.json names an int8 model the repo lacks (an upload cut short): the float one serves instead.
             folder = Path(snapshot_download(repo, revision=revision, allow_patterns=["model.onnx", *SHARED_FILES]))
         if not any((folder / name).exists() for name in MODEL_FILES.values()):
-            # A repo pushed with fastai's own helpers holds only export.pkl: fetch it to serve through fastai.
-            folder = Path(snapshot_download(repo, revision=revision, allow_patterns=[*SHARED_FILES, "export.pkl"]))
+            # A repo pushed with fastai's own helpers holds only a learner: fetch it to serve through fastai.
+            folder = Path(snapshot_download(repo, revision=revision, allow_patterns=[*SHARED_FILES, *LEARNERS]))
+        if not any((folder / name).exists() for name in (*MODEL_FILES.values(), *LEARNERS)):
+            raise NoModel(f"model repo {repo}@{revision} holds no model to serve ({_any_model()}); it has "
+                          f"{_names(_repo_files(repo, revision))}. Publish a model folder there with "
+                          f"`python -m training publish MODEL_DIR --repo-id {repo}`, or set MODEL_REPO to a model repo")
     except RepositoryNotFoundError as exc:
         raise NoModel(f"model repo {repo!r} (revision {revision}) was not found on the Hub, or it is private: check "
                       "MODEL_REPO and MODEL_REVISION, and set HF_TOKEN for a private repo") from exc
@@ -133,11 +148,34 @@ def _short(folder: Path, revision: str) -> str:
     return folder.name[:7] if len(folder.name) == 40 else revision
 
 
+def _repo_files(repo: str, revision: str) -> list[str]:
+    from huggingface_hub import HfApi
+
+    return HfApi().list_repo_files(repo, revision=revision)
+
+
+def _names(files: list[str]) -> str:
+    shown = sorted(files)[:12]
+    more = f" and {len(files) - len(shown)} more" if len(files) > len(shown) else ""
+    return ", ".join(shown) + more if files else "no files"
+
+
+def _any_model() -> str:
+    names = [*MODEL_FILES.values(), *LEARNERS]
+    return ", ".join(names[:-1]) + f" or {names[-1]}"
+
+
 def _open(folder: Path, settings: Settings) -> Model:
+    learner = next((folder / name for name in LEARNERS if (folder / name).exists()), None)
+    onnx = any((folder / name).exists() for name in MODEL_FILES.values())
+    if not onnx and learner is None and folder.is_dir():
+        found = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
+        raise NoModel(f"{folder} holds no model to serve ({_any_model()}); it has {_names(found)}. Train one into "
+                      f"it with `python -m training train --out {folder}`, or set MODEL_DIR to a model folder")
     precision, why = choose_precision(settings.serve_precision, _peek_config(folder), cpu_flags())
     if precision == "int8" and not (folder / MODEL_FILES["int8"]).exists() and settings.serve_precision == "auto":
         precision, why = "float32", f"{folder / MODEL_FILES['int8']} is missing"
-    if any((folder / name).exists() for name in MODEL_FILES.values()) or not (folder / "export.pkl").exists():
+    if onnx or learner is None:
         try:
             model = Classifier.from_folder(folder, settings.ort_cache_dir, precision)
         except ModelFolderError as exc:
@@ -147,7 +185,7 @@ def _open(folder: Path, settings: Settings) -> Model:
     from serving.fastai_model import FastaiModel, fastai_available
 
     if not fastai_available():
-        raise NoModel(f"{folder} holds only export.pkl, which needs fastai to serve. Either `pip install -r "
+        raise NoModel(f"{folder} holds only {learner.name}, which needs fastai to serve. Either `pip install -r "
                       f"requirements-train.txt`, or convert it once with `python -m training convert "
-                      f"{folder / 'export.pkl'} --out <folder>` and serve that folder (faster, no torch)")
-    return FastaiModel(folder / "export.pkl")
+                      f"{learner} --out <folder>` and serve that folder (faster, no torch)")
+    return FastaiModel(learner)

@@ -12,7 +12,7 @@ import logging
 
 import gradio as gr
 
-from serving.feedback import open_feedback
+from serving.feedback import Feedback
 from serving.gradio_workarounds import UploadedImage, in_slot
 from serving.imaging import ImageRejected
 from serving.loader import Loaded
@@ -34,10 +34,11 @@ def none_of_these(labels: list[str]) -> str:
             "but it may well be none of these.")
 
 
-def build_page(loaded: Loaded, settings: Settings, slots: Slots) -> gr.Blocks:
-    """Both tabs in one gr.Blocks, with its queue; /predict is the Classify button's API, run in one of `slots`."""
+def build_page(loaded: Loaded, settings: Settings, slots: Slots, title: str = "What is in this photo?",
+               examples: list[str] | None = None, feedback: Feedback | None = None) -> gr.Blocks:
+    """Both tabs in one gr.Blocks, with its queue; /predict is the Classify button's API, run in one of `slots`.
+    The example images are `examples`, else the model folder's; with `feedback`, a "Wrong?" box under a prediction."""
     model = loaded.model
-    feedback = open_feedback(settings, loaded.source, loaded.precision)  # None unless FEEDBACK_REPO or _DIR is set
 
     def check(image_path: str | None) -> tuple[dict[str, float], dict]:
         """{label: probability} for one uploaded image, and whether it looks like any label at all."""
@@ -67,9 +68,9 @@ def build_page(loaded: Loaded, settings: Settings, slots: Slots) -> gr.Blocks:
     error_rate = f"{loaded.error_rate:.1%}" if loaded.error_rate is not None else "not measured"
     # One gr.Blocks for the whole page, not an Interface and a TabbedInterface around it: every Blocks builds
     # its own FastAPI app when it closes, and every API call copies the config of every component on the page.
-    with gr.Blocks(title="What is in this photo?") as demo:
+    with gr.Blocks(title=title) as demo:
         with gr.Tab("Classify"):
-            gr.Markdown(f"# What is in this photo?\nLabels: **{', '.join(model.labels)}**. "
+            gr.Markdown(f"# {title}\nLabels: **{', '.join(model.labels)}**. "
                         f"Validation error rate: {error_rate}. Model: `{loaded.source}` ({loaded.precision})."
                         + ("" if getattr(model, "novelty", None) else f"\n\n{NO_CHECK}"))
             with gr.Row():
@@ -86,8 +87,8 @@ def build_page(loaded: Loaded, settings: Settings, slots: Slots) -> gr.Blocks:
                         box = FeedbackBox(model, feedback, slots, photo)
             verdict = gr.JSON(visible=False)  # what /check adds to /predict's answer
             clear.add([photo, prediction, note, verdict])
-            if loaded.examples:
-                gr.Examples(loaded.examples, inputs=photo)
+            if examples or loaded.examples:
+                gr.Examples(examples or loaded.examples, inputs=photo)
             checked = submit.click(in_slot(check, slots), photo, [prediction, verdict], api_name="check")
             checked.then(sentence, verdict, note, queue=False, api_visibility="private")
             if feedback is not None:  # "Wrong?" under a prediction, never before one

@@ -12,6 +12,8 @@ from __future__ import annotations
 import functools
 import math
 import numbers
+import typing
+from typing import Literal, TypedDict
 
 import gradio as gr
 import numpy as np
@@ -51,6 +53,26 @@ WORDS = """#### The words, on this example
   of all of them: cheaper steps that point roughly, not exactly, downhill (the faint dots on the right are
   each batch's own loss). One *epoch* is one pass through all the points, batch after batch."""
 
+
+
+class Fit(TypedDict):
+    """What /sgd returns. gr.api shows these keys and types on the API page (a plain `dict` showed as Any)."""
+    a1: float | None  # the fitted slope; null when the run blew up (JSON has no infinity)
+    a2: float | None  # the fitted intercept; null likewise
+    loss: float | None  # the mean squared error of the fitted line on the points; null likewise
+    best_loss: float  # the lowest any line reaches on these points (least squares): the floor the noise sets
+    true_a1: float  # the line the points scatter around: y = 3x + 2
+    true_a2: float
+    steps: int  # SGD steps taken: epochs × batches per epoch
+    verdict: Literal["converged", "not there yet", "barely moving", "diverging"]  # serving/sgd.py's _verdict
+    message: str  # the verdict in words, as the page shows it
+
+
+SGD_API = ("Fit y = a1·x + a2 to n_points noisy points of y = 3x + 2 by mini-batch SGD (batch_size null: all "
+           "points). Returns a1 and a2 (the fitted line; null if the run blew up), loss (its mean squared error), "
+           "best_loss (the lowest any line reaches on these points), true_a1 and true_a2 (3 and 2), steps, verdict "
+           "(converged, not there yet, barely moving or diverging) and message (the verdict in words).")
+
 HEADLINES = {
     CONVERGED: "Converged.",
     DIVERGING: "The loss exploded: this learning rate is too high.",
@@ -86,7 +108,7 @@ def build_sgd_tab(page: gr.Blocks) -> None:
     train.click(_animate, inputs, [plot, step, verdict, shown], api_visibility="private", preprocess=False)
     step.input(_show_step, [shown, step], plot, trigger_mode="always_last", api_visibility="private",
                preprocess=False)
-    gr.api(sgd, api_name="sgd")
+    gr.api(sgd, api_name="sgd", api_description=SGD_API)
     page.load(functools.partial(_first_plot, plot), None, plot, api_visibility="private", queue=False)
 
 
@@ -102,13 +124,18 @@ def _first_plot(plot: gr.Plot):
 
 
 def sgd(n_points: int = 100, noise: float = 0.5, learning_rate: float = 0.1, batch_size: int | None = 10,
-        epochs: int = 10, seed: int = 0) -> dict:
+        epochs: int = 10, seed: int = 0) -> Fit:
     """Fit y = a1·x + a2 to noisy points of y = 3x + 2 by mini-batch SGD (batch_size null: all points)."""
     run = _fit(n_points, noise, learning_rate, batch_size, epochs, seed)
     a1, a2 = run.params[-1]
     return {"a1": _finite(a1), "a2": _finite(a2), "loss": _finite(run.loss[-1]), "best_loss": run.best_loss,
             "true_a1": TRUE_PARAMS[0], "true_a2": TRUE_PARAMS[1], "steps": run.steps, "verdict": run.verdict,
             "message": f"{_headline(run)} {_explain(run)}"}
+
+
+# gr.api reads the annotations as written: strings, under `from __future__ import annotations`; resolved, so that the
+# API page shows the parameters' and the result's types.
+sgd.__annotations__ = typing.get_type_hints(sgd)
 
 
 def _controls() -> list[gr.components.Component]:

@@ -314,7 +314,9 @@ def _confidences(stream: str) -> dict[str, float]:
 def test_inline_images_through_gradios_http_api_are_classified_as_sent(live, tiny_model, example, tmp_path):
     """A data: URL instead of an upload: the same probabilities as the file itself, transparency included."""
     half_transparent(example).save(tmp_path / "clear.png")
-    clf = Classifier.from_folder(tiny_model.folder)
+    # The model the app serves: int8 where training's check and this CPU allow it (SERVE_PRECISION=auto).
+    served = served_precision(json.loads((tiny_model.folder / "config.json").read_text()))
+    clf = Classifier.from_folder(tiny_model.folder, precision=served)
     for path, mime in ((example, "image/jpeg"), (tmp_path / "clear.png", "image/png")):
         inline = f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode()
         got = _confidences(_call_predict(live.url, {"url": inline, "meta": {"_type": "gradio.FileData"}}))
@@ -439,3 +441,27 @@ def test_uvicorn_runs_the_app_factory_with_several_workers(tiny_model, example):
             r = httpx.post(app.url + "/classify", files={"file": example.open("rb")}, timeout=30)
             assert r.status_code == 200, r.text
         assert app.log.count("loaded ") == 2  # each worker logs, as `python app.py` does: build_app() set it up
+
+
+def test_uvicorn_serves_app_app(tiny_model, example):
+    """`uvicorn app:app` (and so `uvicorn app:app --reload`): the module's `app`, built when uvicorn asks for it."""
+    command = [sys.executable, "-m", "uvicorn", "app:app"]
+    app = LiveApp({"MODEL_DIR": str(tiny_model.folder), "MAX_UPLOAD_MB": "1"}, command=command)
+    app.command += ["--host", "127.0.0.1", "--port", str(app.port)]
+    with app:
+        r = httpx.post(app.url + "/classify", files={"file": example.open("rb")}, timeout=30)
+        assert r.status_code == 200 and set(r.json()["confidences"]) == {"circle", "square", "triangle"}
+        big = httpx.post(app.url + "/classify", files={"file": ("big.jpg", b"\0" * 1_500_000)}, timeout=30)
+        assert big.status_code == 413  # the body cap: the same app as `python app.py`'s
+
+
+def test_the_api_page_says_what_predict_takes_and_what_sgd_returns(client):
+    """view_api(): /predict takes an uploaded file (the app refuses URLs); /sgd's result has its keys, not Any."""
+    api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    for name in ("/predict", "/check"):
+        photo = api[name]["parameters"][0]["python_type"]["description"]
+        assert "uploaded" in photo and "A URL is refused" in photo and "publicly available" not in photo, photo
+    [fit] = api["/sgd"]["returns"]
+    for key in ("a1", "a2", "loss", "best_loss", "true_a1", "true_a2", "steps", "verdict", "message"):
+        assert f"{key}:" in fit["python_type"]["type"], fit
+    assert fit["python_type"]["type"] != "Any" and "converged" in fit["python_type"]["type"]

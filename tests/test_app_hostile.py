@@ -496,7 +496,7 @@ def test_only_malformed_calls_are_kept_out_of_the_error_log(workarounds, caplog,
         raise error
 
     demo = SimpleNamespace(preprocess_data=fails)
-    workarounds._refuse_malformed_calls(demo)
+    workarounds.refuse_malformed_calls(demo)
     route = workarounds.QuietRouteErrors(fails)
     with caplog.at_level(logging.DEBUG, logger=workarounds.__name__):
         with pytest.raises(workarounds.gr.Error) as preprocessing:

@@ -186,8 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop after training (and publishing and deploying, when asked)")
 
     p = sub.add_parser("publish", formatter_class=fmt, help="push a model folder and its model card to a Hub model repo",
-                       description="Upload model.onnx, config.json, export.pkl, the report, examples/ and a model card "
-                                   "to a Hub model repo in one commit; print the commit sha.")
+                       description="Upload model.onnx, config.json, export.pkl (as model.pkl, with a pyproject.toml, "
+                                   "for from_pretrained_fastai), the report, examples/ and a model card to a Hub model "
+                                   "repo in one commit; print the commit sha.")
     p.add_argument("model_dir", type=Path, metavar="MODEL_DIR", help="model folder made by `train`, e.g. models/bears")
     p.add_argument("--repo-id", required=True, metavar="NS/NAME", help="model repo, created if missing")
     p.add_argument("--space", default=S, metavar="NS/NAME", help="the Space serving it, named in the card's examples")
@@ -195,8 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     _dry_run_flags(p)
 
     p = sub.add_parser("deploy", formatter_class=fmt, help="create or update the Gradio Space serving a published model",
-                       description="Upload app.py, requirements.txt, serving/ and the examples to a Gradio Space, set "
-                                   "MODEL_REPO and MODEL_REVISION, and print the Space's URL.")
+                       description="Upload app.py, requirements.txt, serving/ and the examples to a Gradio Space, with "
+                                   "preload_from_hub for the model files the app reads; set MODEL_REPO and "
+                                   "MODEL_REVISION, and print the Space's URL.")
     p.add_argument("--space", required=True, metavar="NS/NAME", help="Space to create or update")
     p.add_argument("--model-repo", dest="repo_id", required=True, metavar="NS/NAME", help="model repo it serves")
     p.add_argument("--revision", required=True, metavar="SHA", help="the commit sha `publish` printed")

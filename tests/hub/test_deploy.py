@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ast
 import re
+import shutil
 import subprocess
 import sys
 
@@ -13,7 +14,7 @@ from gradio_client import Client, handle_file
 
 from serving.model import Classifier
 from tests.hub_server import HARDWARE_REFUSAL_MESSAGE, SPACE_REFUSAL_MESSAGE, StandInHub
-from tests.live_app import ROOT, LiveApp
+from tests.live_app import ROOT, LiveApp, free_port
 from tests.tiny_model import make_images
 
 TOKEN = "hf_deployTestToken41c07e"
@@ -85,6 +86,36 @@ def test_space_front_matter_and_variables_pin_the_published_commit(hub, deployed
     assert meta["title"] and meta["emoji"] and meta["colorFrom"] and meta["colorTo"]
     assert 0 < len(meta["short_description"]) <= 60 and "circle" in meta["short_description"]
     assert hub.variables(SPACE) == {"MODEL_REPO": MODEL, "MODEL_REVISION": hub.published}
+    # The files the app reads from the model repo, at that commit, downloaded when the Space is built.
+    read = {"config.json", "model.onnx", "model.int8.onnx", "novelty_features.npy"} & set(hub.files("model", MODEL))
+    assert {"config.json", "model.onnx", "novelty_features.npy"} <= read
+    assert meta["preload_from_hub"] == [f"{MODEL} {','.join(sorted(read))} {hub.published}"]
+
+
+def test_a_restarted_space_starts_from_its_preloaded_files_without_the_hub(tiny_model, hub, deployed, tmp_path):
+    space = _space_folder(hub, tmp_path / "space")
+    [line] = front_matter(hub.files("space", SPACE)["README.md"])["preload_from_hub"]
+    repo, files, sha = line.split(" ")
+    # What the Space's build does with the line: each file into the Hub cache, at that commit.
+    preload = ("import sys; from huggingface_hub import hf_hub_download; "
+               "[hf_hub_download(sys.argv[1], f, revision=sys.argv[3]) for f in sys.argv[2].split(',')]")
+    done = subprocess.run([sys.executable, "-c", preload, repo, files, sha], env=hub.client_env(tmp_path / "hf"),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    # Then the Hub is unreachable (a port nothing listens on, not HF_HUB_OFFLINE): the app still starts and serves.
+    env = {**hub.client_env(tmp_path / "hf"), **hub.variables(SPACE), "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}"}
+    photo = sorted((tiny_model.folder / "examples").glob("*"))[0]
+    with LiveApp(env, command=[sys.executable, str(space / "app.py")], cwd=space) as app:
+        r = httpx.post(app.url + "/classify", files={"file": photo.open("rb")}, timeout=30)
+    assert r.status_code == 200 and r.json()["label"] == max(Classifier.from_folder(tiny_model.folder).classify(
+        photo).items(), key=lambda kv: kv[1])[0]
+
+
+def _space_folder(hub, space):
+    for name, data in hub.files("space", SPACE).items():
+        (space / name).parent.mkdir(parents=True, exist_ok=True)
+        (space / name).write_bytes(data)
+    return space
 
 
 def test_deploying_again_changes_nothing(hub, deployed, tmp_path):
@@ -107,10 +138,9 @@ def test_serving_code_never_imports_training():
 
 
 def test_the_space_runs_from_its_own_files_alone(tiny_model, hub, deployed, tmp_path):
-    space = tmp_path / "space"
-    for name, data in hub.files("space", SPACE).items():
-        (space / name).parent.mkdir(parents=True, exist_ok=True)
-        (space / name).write_bytes(data)
+    space = _space_folder(hub, tmp_path / "space")
+    # The page shows the Space's examples/ (next to app.py), where deploy put the model's: an image added there shows.
+    shutil.copy(sorted((tiny_model.folder / "examples").glob("*"))[0], space / "examples" / "only-in-the-space.jpg")
     # As the Space runs it: its own folder first on sys.path, its variables in the environment, and `training`
     # unimportable, so any import of it, however lazy, fails.
     launch = (f"import runpy, sys; sys.path[0] = {str(space)!r}; sys.modules['training'] = None; "
@@ -125,6 +155,7 @@ def test_the_space_runs_from_its_own_files_alone(tiny_model, hub, deployed, tmp_
         label = Client(app.url, verbose=False).predict(handle_file(str(photo)), api_name="/predict")
         page = httpx.get(app.url + "/config", timeout=10).text
     assert f"{MODEL}@{hub.published[:7]}" in page  # it serves the pinned commit
+    assert "only-in-the-space.jpg" in page
     want = Classifier.from_folder(tiny_model.folder).classify(photo)
     assert answer["confidences"] == pytest.approx(want, abs=1e-6)
     assert label["label"] == max(want, key=want.get)

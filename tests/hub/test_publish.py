@@ -16,7 +16,8 @@ from serving.model import Classifier
 from tests.hub_server import StandInHub
 from tests.live_app import ROOT
 from tests.tiny_model import half_transparent, make_images
-from training.hub.publish import _limitations
+from training.config import Config
+from training.hub.publish import TORCHVISION_BASE_MODELS, _limitations, base_model, model_card
 
 TOKEN = "hf_publishTestToken7f3a9c"
 REPO = "alice/tiny-shapes"
@@ -28,11 +29,14 @@ def publish(*args: str, env: dict) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=180)
 
 
-def expected_files(folder) -> set[str]:
-    """What publish must upload from a model folder made by `train`, besides README.md."""
-    wanted = ["model.onnx", "model.int8.onnx", "config.json", "novelty_features.npy", "export.pkl", "report/*.png",
+def expected_files(folder) -> dict[str, str]:
+    """What publish must upload from a model folder made by `train`, besides README.md and pyproject.toml: repo path
+    -> the local file's path in the folder (the learner, export.pkl, goes up as model.pkl)."""
+    wanted = ["model.onnx", "model.int8.onnx", "config.json", "novelty_features.npy", "report/*.png",
               "report/metrics.json", "report/report.md", "report/history.csv", "examples/*"]
-    return {p.relative_to(folder).as_posix() for pattern in wanted for p in folder.glob(pattern)}
+    files = {p.relative_to(folder).as_posix(): p.relative_to(folder).as_posix()
+             for pattern in wanted for p in folder.glob(pattern)}
+    return {**files, "model.pkl": "export.pkl"}
 
 
 @pytest.fixture(autouse=True)
@@ -69,9 +73,9 @@ def test_publish_uploads_the_model_folder_and_its_card_in_one_commit(tiny_model,
     commits = hub.commits("model", REPO)
     assert [c.title for c in commits[:-1]] == ["initial commit"] and commits[-1].oid == sha
     files = hub.files("model", REPO)
-    assert set(files) == expected_files(tiny_model.folder) | {"README.md", ".gitattributes"}
-    for name in expected_files(tiny_model.folder):
-        assert files[name] == (tiny_model.folder / name).read_bytes(), name
+    assert set(files) == set(expected_files(tiny_model.folder)) | {"README.md", "pyproject.toml", ".gitattributes"}
+    for name, local in expected_files(tiny_model.folder).items():
+        assert files[name] == (tiny_model.folder / local).read_bytes(), name
     assert hub.repo("model", REPO).commits[-1].tree["model.onnx"].lfs  # binaries went through LFS
     assert f"/{REPO}/tree/{sha}" in done.stderr  # the URL is logged
 
@@ -90,9 +94,9 @@ def test_card_metadata_has_what_the_hub_indexes(tiny_model, card):
     assert {"fastai", "image-classification", "onnx"} <= set(data.tags)
     assert data.license == "apache-2.0"
     results = {r.metric_type: r for r in data.eval_results}
-    assert set(results) == {"accuracy", "error_rate"}
+    assert set(results) == {"accuracy"}  # error_rate is no Hub metric id, and accuracy says it
     assert results["accuracy"].metric_value == pytest.approx(accuracy, abs=1e-4)
-    assert results["error_rate"].metric_value == pytest.approx(1 - accuracy, abs=1e-4)
+    assert data.base_model is None  # the tiny model is trained from random weights
     assert results["accuracy"].dataset_split == "validation" and results["accuracy"].task_type == "image-classification"
 
 
@@ -112,9 +116,12 @@ def test_card_body_documents_the_model(tiny_model, card):
     assert "It knows only its training images" in text and "search" not in text.lower()
     assert "A " + config["arch"] + " trained from random weights" in text
     assert f"| fastai | {config['versions']['fastai']} |" in text
-    for snippet in ("from gradio_client import Client", "load_learner(hf_hub_download", "ort.InferenceSession",
+    for snippet in ("load_learner(hf_hub_download", "from_pretrained_fastai(", "ort.InferenceSession",
                     "Classifier.from_folder"):
         assert snippet in text
+    # No Space was named: no placeholder client that fails when pasted; where to find the Spaces instead.
+    assert "Client(" not in text and "YOUR-" not in text and f'"Spaces using {REPO}"' in text
+    assert "pickles" in text and "only from repos you trust" in text and "`model.onnx` runs no code" in text
     # Which model serves, and why: the int8 check's figures as config.json has them.
     assert "## Int8 model" in text and config["int8"]["reason"] in text and "**It may serve**" in text
 
@@ -237,5 +244,65 @@ def test_an_interrupted_upload_leaves_the_previous_commit_and_a_rerun_finishes(t
         assert rerun.returncode == 0, rerun.stderr[-3000:]
         commits = hub.commits("model", REPO)
         assert [c.oid for c in commits[1:]] == [before, rerun.stdout.strip()]
-        assert commits[-1].added == ("export.pkl",)  # only what changed
-        assert hub.files("model", REPO)["export.pkl"] == (folder / "export.pkl").read_bytes()
+        assert commits[-1].added == ("model.pkl",)  # only what changed
+        assert hub.files("model", REPO)["model.pkl"] == (folder / "export.pkl").read_bytes()
+
+
+def test_the_hubs_fastai_snippet_loads_the_published_learner(tiny_model, hub, published, card, tmp_path):
+    """The model page's "Use this model" for library_name: fastai, run as a user would, against the stand-in Hub."""
+    code = re.search(r"```python\n(from huggingface_hub import from_pretrained_fastai\n.*?)```", card.text, re.S)[1]
+    photo = sorted((tiny_model.folder / "examples").glob("*"))[0]
+    code += f"print(dict(zip(learn.dls.vocab, learn.predict({str(photo)!r})[2].tolist())))\n"
+    seen = len(hub.requests)
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=hub.client_env(tmp_path / "hf"),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed = ast.literal_eval(done.stdout.strip().splitlines()[-1])
+    want = Classifier.from_folder(tiny_model.folder).classify(photo)
+    assert np.allclose([printed[k] for k in want], list(want.values()), atol=1e-3)
+    # It downloads the whole repo, each file once; the card says how much that is.
+    fetched = [r.path.split("/resolve/")[1].split("/", 1)[1] for r in hub.requests[seen:]
+               if r.method == "GET" and "/resolve/" in r.path and r.status == 200]
+    files = hub.files("model", REPO)
+    assert sorted(fetched) == sorted(files)
+    whole = sum(len(files[name]) for name in expected_files(tiny_model.folder))
+    assert f"downloads every file in the repo, {whole / 1e6:.1f} MB" in card.text
+
+
+def test_pyproject_names_the_versions_that_trained_the_model(tiny_model, hub, published):
+    import toml  # what from_pretrained_fastai parses it with (huggingface_hub[fastai])
+
+    versions = json.loads((tiny_model.folder / "config.json").read_text())["versions"]
+    requires = toml.loads(hub.files("model", REPO)["pyproject.toml"].decode())["build-system"]["requires"]
+    assert {f"python={versions['python']}", f"fastai={versions['fastai']}", f"fastcore={versions['fastcore']}"} <= \
+        set(requires)
+
+
+@pytest.mark.parametrize("config, want", [
+    ({"arch": "resnet18", "pretrained": True}, "timm/resnet18.tv_in1k"),
+    ({"arch": "resnet34", "pretrained": True}, "timm/resnet34.tv_in1k"),
+    ({"arch": "resnet50", "pretrained": True}, "timm/resnet50.tv2_in1k"),
+    ({"arch": "resnet10t", "pretrained": True}, "timm/resnet10t.c3_in1k"),  # timm's default tag for the name
+    ({"arch": "convnext_tiny.fb_in1k", "pretrained": True}, "timm/convnext_tiny.fb_in1k"),
+    ({"arch": "resnet50", "pretrained": False}, None),
+    ({"arch": "resnet18"}, None),
+])
+def test_base_model_names_the_weights_training_started_from(config, want):
+    assert base_model(config) == want
+
+
+@pytest.mark.parametrize("arch", sorted(TORCHVISION_BASE_MODELS))
+def test_torchvision_base_models_are_the_weights_fastai_loads(arch):
+    """fastai's resnets load torchvision's weights='DEFAULT' (fastai/vision/learner.py _resnet_meta); the timm repo
+    named must hold those very weights: its pretrained_cfg downloads the same torchvision file."""
+    import torchvision
+    from timm.models import get_pretrained_cfg
+
+    default = torchvision.models.get_model_weights(arch).DEFAULT
+    assert get_pretrained_cfg(TORCHVISION_BASE_MODELS[arch].removeprefix("timm/")).url == default.url
+
+
+def test_the_card_offers_the_named_spaces_client():
+    cfg = Config(repo_id=REPO, space="alice/shapes-demo")
+    text = model_card({"labels": ["a", "b"], "arch": "resnet18"}, cfg, ["model.onnx", "config.json"])
+    assert 'Client("alice/shapes-demo")' in text and "Spaces using" not in text

@@ -37,6 +37,25 @@ def test_a_folder_with_only_export_pkl_is_served_through_fastai(tiny_model, tmp_
     assert capsys.readouterr().out == ""  # no progress bar into the server log for every request
 
 
+def test_a_folder_with_only_model_pkl_is_served_through_fastai(tiny_model, tmp_path):
+    """What push_to_hub_fastai writes: model.pkl (and pyproject.toml, README.md), no export.pkl, no model.onnx."""
+    shutil.copy(tiny_model.folder / "export.pkl", tmp_path / "model.pkl")
+    (tmp_path / "README.md").write_text("a card")
+    loaded = load_model(_settings(tmp_path, tmp_path))
+    assert isinstance(loaded.model, FastaiModel) and loaded.model.config["source"] == "model.pkl (fastai)"
+    example = sorted((tiny_model.folder / "examples").glob("*"))[0]
+    assert loaded.model.classify(example).keys() == {"circle", "square", "triangle"}
+
+
+def test_a_folder_without_a_model_names_what_it_holds(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "weights.bin").write_bytes(b"0")
+    with pytest.raises(NoModel) as err:
+        load_model(_settings(tmp_path, tmp_path))
+    assert "holds no model to serve" in str(err.value) and "notes.txt, sub/weights.bin" in str(err.value)
+
+
 @pytest.mark.parametrize("make", ["missing", "empty"])
 def test_no_model_says_how_to_get_one(tmp_path, make):
     folder = tmp_path / "model"

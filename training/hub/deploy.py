@@ -5,14 +5,17 @@
         --dry-run --out /tmp/space-upload --model-dir models/bears
 
 Uploads app.py, requirements.txt, the serving/ package (the Space never needs training/), the model's
-examples and a README.md whose front matter configures the Space: gradio at the version requirements.txt
-pins, Python 3.11. Sets the Space variables MODEL_REPO and MODEL_REVISION, which serving/loader.py reads,
+example images into examples/ (next to app.py, where the app shows them from) and a README.md whose front
+matter configures the Space: gradio at the version requirements.txt pins, Python 3.11, and preload_from_hub
+for the model files the app reads at that revision, so that a restarted Space starts from its build's cache
+without the Hub. Sets the Space variables MODEL_REPO and MODEL_REVISION, which serving/loader.py reads,
 then prints the Space's URL. Labels and examples come from the model repo at that revision, so the Space
 describes exactly what it serves. A branch name instead of a sha needs --allow-branch: the demo would then
 change with every publish, without a deploy.
 """
 from __future__ import annotations
 
+import fnmatch
 import logging
 import re
 import shutil
@@ -22,6 +25,8 @@ from pathlib import Path
 from huggingface_hub import HfApi, SpaceCardData, constants
 from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
+from serving.loader import SHARED_FILES
+from serving.model import MODEL_FILES
 from training.config import Config
 from training.errors import StageError
 from training.hub.access import (HUB_ERRORS, check_hardware, check_private, check_repo_id, connect, fresh_folder,
@@ -60,8 +65,8 @@ def deploy(cfg: Config, revision: str, *, allow_branch: bool = False, api: HfApi
     api = api or connect(cfg.space)
     revision = _resolve(api, cfg.repo_id, revision, allow_branch)
     with tempfile.TemporaryDirectory(prefix="deploy-") as tmp:
-        model = _fetch_model_files(api, cfg.repo_id, revision, Path(tmp) / "model")
-        files = _stage(cfg, revision, gradio, model, Path(tmp) / "space")
+        model, repo_files = _fetch_model_files(api, cfg.repo_id, revision, Path(tmp) / "model")
+        files = _stage(cfg, revision, gradio, model, Path(tmp) / "space", preloaded(repo_files, revision))
         url = _create_space(api, cfg, revision)
         _set_variables(api, cfg.space, cfg.repo_id, revision, cfg.feedback_repo)
         _upload(api, cfg.space, Path(tmp) / "space", f"Serve {cfg.repo_id}@{revision[:7]}")
@@ -79,7 +84,8 @@ def _dry_run(cfg: Config, revision: str, gradio: str, model_dir: Path | None, ou
     if model_dir is None:
         raise StageError("a dry run contacts nobody, so it cannot read the model's labels and examples from the Hub: "
                          "pass --model-dir, the model folder that was published")
-    files = _stage(cfg, revision, gradio, model_dir, fresh_folder(out))
+    local = [p.relative_to(model_dir).as_posix() for p in model_dir.rglob("*") if p.is_file()]
+    files = _stage(cfg, revision, gradio, model_dir, fresh_folder(out), preloaded(local, revision))
     log.info("dry run: wrote the %d files that would be uploaded to Space %s into %s", len(files), cfg.space, out)
     return None
 
@@ -124,20 +130,32 @@ def _resolve(api: HfApi, repo: str, revision: str, allow_branch: bool) -> str:
     return revision if allow_branch else info.sha
 
 
-def _fetch_model_files(api: HfApi, repo: str, revision: str, folder: Path) -> Path:
-    """config.json and examples/ of repo@revision: the Space's labels and example images."""
+def _fetch_model_files(api: HfApi, repo: str, revision: str, folder: Path) -> tuple[Path, list[str]]:
+    """config.json and examples/ of repo@revision (the Space's labels and example images), and the repo's files."""
     try:
         api.snapshot_download(repo, revision=revision, allow_patterns=["config.json", "examples/*"], local_dir=folder)
+        files = api.list_repo_files(repo, revision=revision)
     except HUB_ERRORS as exc:
         raise StageError(f"could not download config.json and examples/ of {repo}@{revision}: {reason(exc)}; "
                          "rerun") from None
-    return folder
+    return folder, files
+
+
+def preloaded(repo_files: list[str], revision: str) -> list[str]:
+    """The model files the Space's build downloads into its cache (preload_from_hub): those the app may read (both
+    models: which one serves depends on the Space's CPU), but the examples, which the Space holds itself. None for a
+    branch, which the build could preload at another commit."""
+    if not FULL_SHA.fullmatch(revision):
+        return []
+    read = [*MODEL_FILES.values(), *SHARED_FILES]
+    return sorted(f for f in repo_files if not f.startswith("examples/")
+                  and any(fnmatch.fnmatch(f, pattern) for pattern in read))
 
 
 # --- the files --------------------------------------------------------------------------------------------
 
 
-def _stage(cfg: Config, revision: str, gradio: str, model_dir: Path, out: Path) -> list[str]:
+def _stage(cfg: Config, revision: str, gradio: str, model_dir: Path, out: Path, preload: list[str]) -> list[str]:
     """Write the Space's files into out; return their repo paths."""
     config = read_config(model_dir)
     sources = {name: ROOT / name for name in APP_FILES}
@@ -148,16 +166,19 @@ def _stage(cfg: Config, revision: str, gradio: str, model_dir: Path, out: Path) 
     for rel, src in sources.items():
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, out / rel)
-    (out / "README.md").write_text(space_card(cfg, revision, gradio, config["labels"]), encoding="utf-8")
+    (out / "README.md").write_text(space_card(cfg, revision, gradio, config["labels"], preload), encoding="utf-8")
     return [*sources, "README.md"]
 
 
-def space_card(cfg: Config, revision: str, gradio: str, labels: list[str]) -> str:
+def space_card(cfg: Config, revision: str, gradio: str, labels: list[str], preload: list[str] = ()) -> str:
     """The Space's README.md: the front matter that configures it, then a few lines for visitors."""
     title = f"{cfg.repo_id.split('/')[-1]} classifier"
+    # preload_from_hub: "repo_id file1,file2 commit_sha", downloaded into the Space's Hub cache at build time.
+    extra = {"preload_from_hub": [f"{cfg.repo_id} {','.join(preload)} {revision}"]} if preload else {}
     data = SpaceCardData(title=title, emoji="📷", colorFrom="blue", colorTo="green", sdk="gradio",
                          sdk_version=gradio, python_version=PYTHON_VERSION, app_file="app.py", pinned=False,
-                         models=[cfg.repo_id], short_description=_short_description(labels), license=cfg.license)
+                         models=[cfg.repo_id], short_description=_short_description(labels), license=cfg.license,
+                         **extra)
     model_url = f"{constants.ENDPOINT}/{cfg.repo_id}"
     body = [
         f"# {title}", "",

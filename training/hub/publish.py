@@ -3,11 +3,12 @@
     python -m training publish models/bears --repo-id you/bears        # prints the commit sha
     python -m training publish models/bears --repo-id you/bears --dry-run --out /tmp/bears-upload
 
-Uploads model.onnx, model.int8.onnx (when training wrote one), config.json, export.pkl, the report (plots,
+Uploads model.onnx, model.int8.onnx (when training wrote one), config.json, the learner (export.pkl, as model.pkl
+with a pyproject.toml: the layout `push_to_hub_fastai` writes and `from_pretrained_fastai` reads), the report (plots,
 metrics.json, report.md), examples/ and a README.md model card written from config.json. Everything goes into one
-commit: if the upload breaks off, the repo stays at its previous commit and rerunning the command finishes the job (objects already
-uploaded are not sent again; a rerun with nothing new makes no commit). `--dry-run` writes exactly the files
-that would be uploaded into `--out` and contacts nobody.
+commit: if the upload breaks off, the repo stays at its previous commit and rerunning the command finishes the job
+(objects already uploaded are not sent again; a rerun with nothing new makes no commit). `--dry-run` writes exactly
+the files that would be uploaded into `--out` and contacts nobody.
 
 The token comes from HF_TOKEN or `hf auth login`. It is checked (whoami) before the upload starts, and never
 printed or written anywhere (see training/hub/access.py).
@@ -39,9 +40,17 @@ REQUIRED = ("model.onnx", "config.json")  # what the app serves
 # the int8 model, which the app serves where training's check and the CPU allow (a Space downloads only one of the two).
 OPTIONAL = ("export.pkl", FEATURES_FILE, MODEL_FILES["int8"])
 REPORT = ("report/*.png", "report/metrics.json", "report/report.md", "report/history.csv")
-# A rerun replaces these folders as a whole, so a retrained model leaves no stale example or plot behind.
-REPLACED = ["examples/*", "report/*"]
-PLACEHOLDER_SPACE = "YOUR-NAME/YOUR-SPACE"
+# A rerun replaces these folders as a whole, so a retrained model leaves no stale example or plot behind; and
+# export.pkl, the learner's name in repos published before it went up as model.pkl.
+REPLACED = ["examples/*", "report/*", "export.pkl"]
+# The learner's name on the Hub: what `from_pretrained_fastai` loads and `push_to_hub_fastai` writes. One name, so
+# that a snapshot (which `from_pretrained_fastai` takes of the whole repo) downloads it once.
+HUB_NAMES = {"export.pkl": "model.pkl"}
+PYPROJECT = "pyproject.toml"  # `from_pretrained_fastai` reads the fastai and fastcore versions from it
+# "Finetuned from" on the Hub, for torchvision's ImageNet weights that fastai loads by default (weights='DEFAULT'):
+# timm's copies of the same files (their pretrained_cfg urls are torchvision's; tests/hub/test_publish.py checks).
+TORCHVISION_BASE_MODELS = {"resnet18": "timm/resnet18.tv_in1k", "resnet34": "timm/resnet34.tv_in1k",
+                           "resnet50": "timm/resnet50.tv2_in1k"}  # resnet50's DEFAULT is IMAGENET1K_V2
 
 
 def publish(model_dir: Path, cfg: Config, *, api: HfApi | None = None, dry_run_out: Path | None = None) -> str | None:
@@ -49,17 +58,17 @@ def publish(model_dir: Path, cfg: Config, *, api: HfApi | None = None, dry_run_o
     check_repo_id(cfg.repo_id, "--repo-id")
     files = files_to_upload(model_dir)
     config = read_config(model_dir)
-    card = model_card(config, cfg, files)
+    sizes = {name: (model_dir / _local_name(name)).stat().st_size for name in files}
+    card = model_card(config, cfg, files, sizes)
     if dry_run_out is not None:
-        _stage(model_dir, files, card, fresh_folder(dry_run_out))
-        log.info("dry run: wrote the %d files that would be uploaded to %s into %s", len(files) + 1, cfg.repo_id,
-                 dry_run_out)
+        count = _stage(model_dir, files, card, fresh_folder(dry_run_out))
+        log.info("dry run: wrote the %d files that would be uploaded to %s into %s", count, cfg.repo_id, dry_run_out)
         return None
     api = api or connect(cfg.repo_id)
     with tempfile.TemporaryDirectory(prefix="publish-") as tmp:
-        _stage(model_dir, files, card, Path(tmp))
+        count = _stage(model_dir, files, card, Path(tmp))
         sha = _upload(api, cfg, Path(tmp), *_commit_message(config))
-    log.info("published %s (%d files) at %s/%s/tree/%s", model_dir, len(files) + 1, api.endpoint, cfg.repo_id, sha)
+    log.info("published %s (%d files) at %s/%s/tree/%s", model_dir, count, api.endpoint, cfg.repo_id, sha)
     return sha
 
 
@@ -72,11 +81,20 @@ def files_to_upload(model_dir: Path) -> list[str]:
     if missing:
         raise StageError(f"{model_dir} has no {' or '.join(missing)}: not a model folder; run "
                          f"`python -m training train --out {model_dir}` first")
-    files = [*REQUIRED, *(name for name in OPTIONAL if (model_dir / name).is_file())]
-    if "export.pkl" not in files:
+    files = [HUB_NAMES.get(name, name) for name in (*REQUIRED, *OPTIONAL) if (model_dir / name).is_file()]
+    if "model.pkl" not in files:
         log.warning("%s has no export.pkl: fastai users will not be able to load_learner this repo", model_dir)
     found = {p for pattern in (*REPORT, "examples/*") for p in model_dir.glob(pattern) if p.is_file()}
     return files + sorted(p.relative_to(model_dir).as_posix() for p in found)
+
+
+def pyproject(config: dict) -> str:
+    """pyproject.toml as `push_to_hub_fastai` writes it, with the versions that trained the model."""
+    versions = config.get("versions") or {}
+    requires = ["setuptools>=40.8.0", "wheel",
+                *(f"{name}={versions[name]}" for name in ("python", "fastai", "fastcore") if versions.get(name))]
+    return ("[build-system]\nrequires = [" + ", ".join(f'"{r}"' for r in requires) + "]\n"
+            'build-backend = "setuptools.build_meta:__legacy__"\n')
 
 
 def read_config(model_dir: Path) -> dict:
@@ -91,11 +109,18 @@ def read_config(model_dir: Path) -> dict:
     return config
 
 
-def _stage(model_dir: Path, files: list[str], card: str, out: Path) -> None:
+def _local_name(repo_path: str) -> str:
+    return {hub: local for local, hub in HUB_NAMES.items()}.get(repo_path, repo_path)
+
+
+def _stage(model_dir: Path, files: list[str], card: str, out: Path) -> int:
     for rel in files:
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(model_dir / rel, out / rel)
+        shutil.copyfile(model_dir / _local_name(rel), out / rel)
+    if "model.pkl" in files:
+        (out / PYPROJECT).write_text(pyproject(read_config(model_dir)), encoding="utf-8")
     (out / "README.md").write_text(card, encoding="utf-8")
+    return sum(1 for p in out.rglob("*") if p.is_file())
 
 
 # --- the upload -------------------------------------------------------------------------------------------
@@ -133,12 +158,13 @@ def _commit_message(config: dict) -> tuple[str, str]:
 # --- the model card ---------------------------------------------------------------------------------------
 
 
-def model_card(config: dict, cfg: Config, files: list[str]) -> str:
-    """README.md for the model repo: Hub metadata, then what the model does, how well, how made, how to use it."""
+def model_card(config: dict, cfg: Config, files: list[str], sizes: dict[str, int] | None = None) -> str:
+    """README.md for the model repo: Hub metadata, then what the model does, how well, how made, how to use it.
+    `sizes` (bytes per repo path) says what `from_pretrained_fastai`, which downloads the whole repo, costs."""
     data = _card_data(config, cfg)
     sections = [_intro(config, cfg), _evaluation(config, files), novelty_markdown(config.get("novelty")),
                 int8_markdown(config.get("int8")), _training(config), _limitations(config),
-                _versions(config), _usage(config, cfg, files)]
+                _versions(config), _usage(config, cfg, files, sizes or {})]
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(sections))
     return str(card).rstrip("\n") + "\n"
 
@@ -149,12 +175,27 @@ def _card_data(config: dict, cfg: Config) -> ModelCardData:
     results = [EvalResult(task_type="image-classification", task_name="Image Classification",
                           dataset_type="imagefolder", dataset_name=dataset, dataset_split="validation",
                           metric_type=key, metric_name=name, metric_value=round(float(metrics[key]), 4))
-               for key, name in (("accuracy", "Accuracy"), ("error_rate", "Error rate")) if key in metrics]
+               for key, name in (("accuracy", "Accuracy"),) if key in metrics]  # (error rate is 1 - accuracy)
     if not results:
         log.warning("config.json has no metrics (a converted model?): the card will have no model-index")
     return ModelCardData(library_name="fastai", license=cfg.license, pipeline_tag="image-classification",
                          tags=["fastai", "image-classification", "onnx", config.get("arch", "unknown")],
-                         model_name=cfg.repo_id, eval_results=results or None)
+                         model_name=cfg.repo_id, eval_results=results or None, base_model=base_model(config))
+
+
+def base_model(config: dict) -> str | None:
+    """The Hub repo of the weights training started from ("Finetuned from" on the model page); None from scratch."""
+    arch = config.get("arch")
+    if not config.get("pretrained") or not arch:
+        return None
+    if arch in TORCHVISION_BASE_MODELS:
+        return TORCHVISION_BASE_MODELS[arch]
+    try:  # a timm arch: fastai loads timm's default pretrained weights for it, which name their Hub repo
+        from timm.models import get_pretrained_cfg
+    except ImportError:
+        return None
+    pretrained = get_pretrained_cfg(arch)
+    return getattr(pretrained, "hf_hub_id", None) or None
 
 
 def _dataset_name(config: dict, cfg: Config) -> str:
@@ -268,26 +309,26 @@ def _limitations(config: dict) -> str:
 def _versions(config: dict) -> str:
     versions = config.get("versions") or {}
     lines = ["## Library versions", "",
-             "Trained with the versions below. `export.pkl` needs the same fastai, fastcore and torch to load "
+             "Trained with the versions below. `model.pkl` needs the same fastai, fastcore and torch to load "
              "reliably; `model.onnx` needs only onnxruntime.", "", "| library | version |", "|---|---|"]
     return "\n".join(lines + [f"| {k} | {v} |" for k, v in versions.items()])
 
 
-def _usage(config: dict, cfg: Config, files: list[str]) -> str:
-    repo, space = cfg.repo_id, cfg.space or PLACEHOLDER_SPACE
-    example = "photo.jpg"
+def _usage(config: dict, cfg: Config, files: list[str], sizes: dict[str, int]) -> str:
+    repo, example = cfg.repo_id, "photo.jpg"
     blocks = ["## How to use", "",
               "Every snippet below can pin a revision (`revision=\"<commit sha>\"`) so it keeps getting exactly "
-              "this model.", "",
-              "### The demo's API, with `gradio_client`", "",
-              "```python", "from gradio_client import Client, handle_file", "",
-              f'client = Client("{space}")', f'client.predict(handle_file("{example}"), api_name="/predict")',
-              "```", ""]
-    if "export.pkl" in files:
-        blocks += ["### fastai, with `load_learner`", "", "```python",
-                   "from fastai.vision.all import load_learner", "from huggingface_hub import hf_hub_download", "",
-                   f'learn = load_learner(hf_hub_download("{repo}", "export.pkl"))',
-                   f'label, index, probs = learn.predict("{example}")', "```", ""]
+              "this model.", "", "### The demo's API, with `gradio_client`", ""]
+    if cfg.space:
+        blocks += ["```python", "from gradio_client import Client, handle_file", "",
+                   f'client = Client("{cfg.space}")', f'client.predict(handle_file("{example}"), api_name="/predict")',
+                   "```", ""]
+    else:  # no Space was named at publish time: never a placeholder that fails when pasted
+        blocks += [f"The Spaces that serve this model are listed on this page, under \"Spaces using {repo}\". "
+                   "Pass one's name to `gradio_client.Client` and call `predict(handle_file(\"photo.jpg\"), "
+                   "api_name=\"/predict\")`; `python -m training deploy` makes one.", ""]
+    if "model.pkl" in files:
+        blocks += _fastai_usage(repo, example, sizes)
     blocks += ["### onnxruntime, without torch or fastai", "", "```python", *_onnx_snippet(config, repo, example),
                "```", "", "The same with the serving code the demo runs (`serving/`, in the demo Space's files: "
                "copy it next to your script). It also reads large JPEGs at reduced size and handles 16-bit and "
@@ -296,6 +337,27 @@ def _usage(config: dict, cfg: Config, files: list[str]) -> str:
                f'folder = snapshot_download("{repo}", allow_patterns=["model.onnx", "config.json"])',
                f'print(Classifier.from_folder(folder).classify("{example}"))', "```"]
     return "\n".join(blocks)
+
+
+def _fastai_usage(repo: str, example: str, sizes: dict[str, int]) -> list[str]:
+    whole = sum(sizes.values())
+    return [
+        "### fastai, with `load_learner`", "",
+        "`model.pkl` and `export.pkl` files are pickles: loading one runs code, so load them only from repos you "
+        "trust (the Hub's scanner flags fastai pickles for this reason). `model.onnx` runs no code.", "",
+        "```python", "from fastai.vision.all import load_learner", "from huggingface_hub import hf_hub_download", "",
+        f'learn = load_learner(hf_hub_download("{repo}", "model.pkl"))  # model.pkl alone: '
+        f'{_megabytes(sizes.get("model.pkl", 0))}',
+        f'label, index, probs = learn.predict("{example}")', "```", "",
+        "The Hub's own snippet works too (`pip install huggingface_hub[fastai]` first, for `toml`), but it "
+        f"downloads every file in the repo, {_megabytes(whole)}, for a learner of "
+        f"{_megabytes(sizes.get('model.pkl', 0))}:", "",
+        "```python", "from huggingface_hub import from_pretrained_fastai", "",
+        f'learn = from_pretrained_fastai("{repo}")', "```", ""]
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
 
 
 def _onnx_snippet(config: dict, repo: str, example: str) -> list[str]:
