@@ -23,7 +23,8 @@ from training.train import distributed
 
 REPO = Path(__file__).resolve().parents[2]
 EPOCHS = 2
-MODEL_FILES = {"config.json", "export.pkl", "model.onnx", "novelty_features.npy", "settings.json", "examples", "report"}
+MODEL_FILES = {"config.json", "export.pkl", "model.onnx", "model.int8.onnx", "novelty_features.npy", "settings.json",
+               "examples", "report"}
 REPORT_FILES = {"confusion_matrix.png", "history.csv", "losses.png", "lr_find.png", "metrics.json", "report.md",
                 "top_losses.png"}
 
