@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 # What the app reads besides the one model file it serves (MODEL_FILES): a Space downloads only these.
 SHARED_FILES = ["config.json", FEATURES_FILE, "examples/*"]
 # onnxruntime's int8 convolutions beat float32 on x86 with the dot-product instructions of VNNI (AVX-512 or AVX)
-# or AMX: 3x here (docs/benchmarks.md). Without them they were not measured, so auto serves float32 there.
+# or AMX: a 2.4-2.7x faster forward pass here (docs/benchmarks.md). Without them they were not measured, so auto
+# serves float32 there.
 INT8_CPU_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}
 # A learner, served through fastai where there is no ONNX model: model.pkl is what `push_to_hub_fastai` writes (and
 # `python -m training publish` uploads), export.pkl what `learn.export()` does.

@@ -1,9 +1,9 @@
 """Write model.int8.onnx: model.onnx quantized to 8-bit integers, and checked against it on the validation split.
 
 Static quantization with onnxruntime (QDQ format, weights per channel, activations calibrated on training images),
-which measured about 3x faster than the float model on CPUs with VNNI instructions, and a quarter of its size
-(docs/benchmarks.md). Every run then compares the two models on every validation image: top-1 agreement, the largest
-difference in any probability, and the error rate of each. config.json's `int8` section records them and whether
+whose forward pass measured 2.4-2.7x faster than the float model's on a CPU with VNNI instructions, a quarter of its
+size (docs/benchmarks.md). Every run then compares the two models on every validation image: top-1 agreement, the
+largest difference in any probability, and the error rate of each. config.json's `int8` section records them and whether
 the int8 model may serve (`serve`, with the `reason`); the app's SERVE_PRECISION=auto follows it
 (serving/loader.py). The int8 model keeps both outputs, so the "none of these" check works with it too
 (training/train/novelty.py calibrates a threshold for each model).
