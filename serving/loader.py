@@ -99,9 +99,10 @@ def choose_precision(setting: str, config: dict, flags: str) -> tuple[str, str]:
         return "float32", "the folder has no int8 model"
     if section.get("serve") is not True:
         return "float32", f"training's check kept the int8 model from serving ({section.get('reason')})"
-    if not INT8_CPU_FLAGS & set(flags.split()):
+    found = INT8_CPU_FLAGS & set(flags.split())
+    if not found:
         return "float32", f"this CPU has none of {', '.join(sorted(INT8_CPU_FLAGS))}, without which int8 is not faster"
-    return "int8", "training's check passed and this CPU has " + ", ".join(sorted(INT8_CPU_FLAGS & set(flags.split())))
+    return "int8", "training's check passed and this CPU has " + ", ".join(sorted(found))
 
 
 def _download(repo: str, revision: str, setting: str) -> Path:

@@ -28,7 +28,9 @@ def add_novelty_check(folder: Path, train_items: Sequence[Path], valid_items: Se
                       pass_rate: float, others: Sequence[Path] = (), seed: int = 42) -> dict:
     """Write the folder's check and return config.json's `novelty` section (also written into config.json)."""
     clf = Classifier.from_folder(folder, cache_dir=None)
-    train_items = _at_most(list(train_items), MAX_FEATURES, seed)
+    if len(train_items) > MAX_FEATURES:  # the app scans every stored feature for every image
+        log.info("keeping the features of %d of %d training images (the app's bound)", MAX_FEATURES, len(train_items))
+    train_items = at_most(list(train_items), MAX_FEATURES, seed)
     bank = normalised(_probs_and_features(clf, train_items, "training images")[1]).astype(np.float16)
     np.save(folder / FEATURES_FILE, bank, allow_pickle=False)
     bank = bank.astype(np.float32)
@@ -88,11 +90,10 @@ def _caught_note(others: dict | None) -> str:
             f"AUROC {others['maxprob_auroc']:.2f})")
 
 
-def _at_most(items: list[Path], n: int, seed: int) -> list[Path]:
-    """`items`, or a seeded sample of n of them: the app scans every stored feature for every image."""
+def at_most(items: list[Path], n: int, seed: int) -> list[Path]:
+    """`items`, or a seeded sample of n of them, in their order."""
     if len(items) <= n:
         return items
-    log.info("keeping the features of %d of %d training images (the app's bound)", n, len(items))
     keep = np.random.default_rng(seed).choice(len(items), n, replace=False)
     return [items[i] for i in sorted(keep)]
 

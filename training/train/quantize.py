@@ -23,6 +23,7 @@ import numpy as np
 from serving.imaging import ImageRejected
 from serving.model import MODEL_FILES, Classifier
 from training.errors import StageError
+from training.train.novelty import at_most
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ def add_int8_model(folder: Path, calibration_items: Sequence[Path], valid_items:
     """Write folder/model.int8.onnx, compare it with folder/model.onnx on the validation images (`valid_targets`:
     their label indices) and return config.json's `int8` section (also written into config.json)."""
     float_model = Classifier.from_folder(folder, cache_dir=None)
-    calibration = _inputs(float_model, _sample(list(calibration_items), CALIBRATION_IMAGES, seed))[0]
+    calibration = _inputs(float_model, at_most(list(calibration_items), CALIBRATION_IMAGES, seed))[0]
     if not len(calibration):
         raise StageError("none of the training images could be read to calibrate the int8 model; check the data "
                          "folder, or pass --no-int8")
@@ -150,13 +151,6 @@ def add_to_report(report_dir: Path, section: dict | None) -> None:
     metrics_file = report_dir / "metrics.json"
     metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
     metrics_file.write_text(json.dumps({**metrics, "int8": section}, indent=2) + "\n")
-
-
-def _sample(items: list[Path], n: int, seed: int) -> list[Path]:
-    if len(items) <= n:
-        return items
-    keep = np.random.default_rng(seed).choice(len(items), n, replace=False)
-    return [items[i] for i in sorted(keep)]
 
 
 def _inputs(clf: Classifier, items: list[Path]) -> tuple[np.ndarray, list[int]]:
