@@ -22,6 +22,45 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SCREENSHOTS = ROOT / "tests" / "artifacts"  # kept after the run (git-ignored) so a person can look
 
 
+def pytest_configure(config):
+    """Under mutmut, collect whole test files; pytest_collection_modifyitems then picks the tests to run."""
+    if _mutant_under_test():
+        config.stash[_NAMED] = set(config.args)
+        config.args[:] = sorted({arg.split("::")[0] for arg in config.args})
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under mutmut, run the tests it named plus every test sharing a module-scoped fixture with one of them.
+
+    mutmut (docs/mutation.md) runs a mutant against the tests that called the mutated function while it
+    recorded them. Work done in a module-scoped fixture is recorded against the first test that asked for
+    the fixture only, so a mutant that changes, say, the outcome of the fifth URL of download's shared run
+    would be checked by the first route's assertion alone, and survive. The other users of that fixture
+    check what it did too, so they run as well. Outside mutmut this does nothing.
+    """
+    named = config.stash.get(_NAMED, None)
+    if named is None:
+        return
+    shared = set().union(*(_module_fixtures(item) for item in items if item.nodeid in named))
+    keep = [item for item in items if item.nodeid in named or shared & _module_fixtures(item)]
+    config.hook.pytest_deselected(items=[item for item in items if item not in keep])
+    items[:] = keep
+
+
+_NAMED = pytest.StashKey[set]()
+
+
+def _mutant_under_test() -> str:
+    name = os.environ.get("MUTANT_UNDER_TEST", "")  # mutmut's variable; its own runs use other values
+    return name if "__mutmut_" in name else ""
+
+
+def _module_fixtures(item) -> set[tuple[str, str]]:
+    defs = item._fixtureinfo.name2fixturedefs
+    return {(str(item.path), name) for name in item.fixturenames
+            if defs.get(name) and defs[name][-1].scope in ("module", "class")}
+
+
 @pytest.fixture(scope="session")
 def image_server():
     """One loopback image server for the whole run; tests that count hits call reset() first."""

@@ -23,8 +23,11 @@ Routes (GET only; anything else is a 404):
 /flaky/500-then-200.jpg     the first request is a 500, later ones a good JPEG
 /flaky/429.jpg              the first request is a 429 with Retry-After: 1, later ones a good JPEG
 /flaky/429-long.jpg         always 429 with Retry-After: 3600
-/slow/drip.jpg              200 and headers at once, then the bytes of a JPEG one every 0.5 s, forever:
-                            only a whole-file deadline stops it (read timeouts never fire)
+/flaky/500.jpg              always 500, without Retry-After
+/slow/pieces.jpg            200, /dup/shared.jpg chunked in 3-byte pieces, the first 8 of them 20 ms apart
+                            (a client must put a file's signature together from several reads)
+/slow/drip.jpg              200 and headers at once, then a JPEG's first 16 bytes, then its next bytes one every
+                            0.5 s, forever: only a whole-file deadline stops it (read timeouts never fire)
 /big/huge.jpg               3 MB that start with a JPEG signature, with Content-Length
 /big/huge-chunked.jpg       the same 3 MB, chunked, so no Content-Length
 /redirect/loop              302 to itself, forever
@@ -220,6 +223,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(500, b"try again", "text/plain")
         if path == "/flaky/429.jpg" and count == 1:
             return self._send(429, b"slow down", "text/plain", {"Retry-After": "1"})
+        if path == "/flaky/500.jpg":
+            return self._send(500, b"down", "text/plain")
         if path == "/flaky/429-long.jpg":
             return self._send(429, b"slow down", "text/plain", {"Retry-After": "3600"})
         if path in _REDIRECTS:
@@ -228,6 +233,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._drip()
         if path == "/big/huge-chunked.jpg":
             return self._send_chunked(self.owner.static("/big/huge.jpg"), "image/jpeg")
+        if path == "/slow/pieces.jpg":
+            return self._send_chunked(self.owner.static("/dup/shared.jpg"), "image/jpeg", step=3, pause=0.02)
         if path in self.owner._static:
             status, body, ctype = self.owner._static[path]
             return self._send(status, body, ctype)
@@ -242,15 +249,17 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def _send_chunked(self, body: bytes, ctype: str) -> None:
+    def _send_chunked(self, body: bytes, ctype: str, step: int = 64 * 1024, pause: float = 0.0) -> None:
         self.send_response(200)
         self.send_header("Content-Type", ctype)
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
-        step = 64 * 1024
         for start in range(0, len(body), step):
             piece = body[start:start + step]
             self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            if pause and start < 8 * step:  # the first pieces one by one, so a client reads them one by one
+                self.wfile.flush()
+                time.sleep(pause)
         self.wfile.write(b"0\r\n\r\n")
 
     def _drip(self) -> None:
@@ -261,7 +270,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.flush()
         body = self.owner.static("/dup/shared.jpg")
-        i = 0
+        self.wfile.write(body[:16])  # the signature at once, so a client starts a file and then waits
+        self.wfile.flush()
+        i = 16
         while not self.owner._stopping.wait(DRIP_INTERVAL):
             self.wfile.write(body[i % len(body):i % len(body) + 1])
             self.wfile.flush()

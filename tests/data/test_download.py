@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import csv
+import hashlib
 import json
+import logging
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -16,6 +20,7 @@ import pytest
 from tests.image_corpus import corpus
 from tests.image_server import good_urls
 from training.config import Config
+from training.data import download
 from training.data.download import SNIFF_BYTES, Fetched, _ip, _public_only, _retry_after, _sniff, download_all
 from training.errors import StageError
 
@@ -37,9 +42,11 @@ ROUTES = [
     ("/bad/truncated.jpg", "ok", ""),
     ("/bad/404.jpg", "failed", "http_404"),
     ("/flaky/500-then-200.jpg", "ok", ""),
+    ("/flaky/500.jpg", "failed", "http_500"),
     ("/flaky/429.jpg", "ok", ""),
     ("/flaky/429-long.jpg", "failed", "http_429"),
     ("/slow/drip.jpg", "failed", "timeout"),
+    ("/slow/pieces.jpg", "ok", ""),
     ("/big/huge.jpg", "rejected", "too_large"),
     ("/big/huge-chunked.jpg", "rejected", "too_large"),
     ("/redirect/loop", "failed", "too_many_redirects"),
@@ -66,6 +73,9 @@ FOREIGN = [
     ("ftp://127.0.0.1/x.jpg", "rejected", "unsupported_scheme"),
     ("javascript:alert(1)", "rejected", "unsupported_scheme"),
     ("not a url", "rejected", "bad_url"),
+    ("http:///x.jpg", "rejected", "bad_url"),  # no host
+    ("https://[::1/x.jpg", "rejected", "bad_url"),  # httpx cannot parse it
+    ("http://" + "x" * 64 + ".example/x.jpg", "rejected", "bad_url"),  # a label the resolver cannot encode
 ]
 
 
@@ -88,7 +98,9 @@ def _outcome(run, url: str) -> Fetched:
 
 
 def _served(server, path: str) -> bytes:
-    return server.good_image("redirected", 0, "jpg") if path == "/redirect/ok" else server.static(path)
+    if path == "/redirect/ok":
+        return server.good_image("redirected", 0, "jpg")
+    return server.static("/dup/shared.jpg" if path == "/slow/pieces.jpg" else path)
 
 
 @pytest.mark.parametrize("path,status,reason", ROUTES)
@@ -126,6 +138,7 @@ def test_retries_and_redirects_show_in_the_hit_counts(run):
     assert hits["/flaky/500-then-200.jpg"] == 2
     assert hits["/flaky/429.jpg"] == 2
     assert hits["/flaky/429-long.jpg"] == 1  # Retry-After: 3600 is over max_retry_after: give up at once
+    assert hits["/flaky/500.jpg"] == CFG.retries + 1
     assert hits["/bad/404.jpg"] == 1  # no retry on other 4xx
     assert hits["/redirect/loop"] == 6  # the first request and five redirects
     assert hits["/good/redirected/0.jpg"] == 1
@@ -181,6 +194,63 @@ def test_default_policy_refuses_loopback_without_connecting(image_server, tmp_pa
 ])
 def test_default_address_policy(address, allowed):
     assert _public_only(_ip(address)) is allowed
+
+
+def test_a_host_name_is_judged_by_every_address_it_resolves_to(image_server, tmp_path):
+    url = image_server.url("/good/byname/0.jpg").replace("127.0.0.1", "localhost")
+    image_server.reset()
+    [fetched] = download_all([("x", url)], tmp_path, Config())
+    assert fetched == Fetched("x", url, "rejected", "private_address", "")
+    assert image_server.hits["/good/byname/0.jpg"] == 0
+    [fetched] = download_all([("x", url)], tmp_path / "allowed", CFG, allow_address=loopback)
+    assert (fetched.status, image_server.hits["/good/byname/0.jpg"]) == ("ok", 1)
+
+
+def test_a_name_that_does_not_resolve_is_a_dns_error(tmp_path):
+    url = "http://no-such-host.invalid/x.jpg"  # .invalid never resolves (RFC 2606)
+    assert download_all([("x", url)], tmp_path, CFG) == [Fetched("x", url, "failed", "dns_error", "")]
+
+
+def test_a_raw_file_is_named_by_its_url_and_written_through_a_temp_file_beside_it(image_server, tmp_path):
+    drip, good = image_server.url("/slow/drip.jpg"), image_server.url("/good/named/0.png")
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        running = pool.submit(download_all, [("x", drip)], tmp_path, CFG.replace(deadline=3.0), allow_address=loopback)
+        _wait_for(lambda: list((tmp_path / "raw" / "x").glob("*")), 2.9)
+        [part] = (tmp_path / "raw" / "x").iterdir()  # the signature has arrived, the rest is dripping
+        assert [f.reason for f in running.result()] == ["timeout"]
+    assert part.name.startswith(hashlib.sha1(drip.encode()).hexdigest()[:16] + ".jpeg.") and part.suffix == ".part"
+    assert not part.exists() and not list(tmp_path.rglob("*.part"))
+    [fetched] = download_all([("x", good)], tmp_path, CFG, allow_address=loopback)
+    assert fetched.file == f"raw/x/{hashlib.sha1(good.encode()).hexdigest()[:16]}.png"
+
+
+@pytest.mark.parametrize("spare,status", [(0, "ok"), (-1, "rejected")])
+def test_a_file_of_exactly_max_bytes_is_kept(image_server, tmp_path, spare, status):
+    url = image_server.url("/good/exact/0.jpg")
+    size = len(image_server.good_image("exact", 0, "jpg"))
+    [fetched] = download_all([("x", url)], tmp_path, CFG.replace(max_bytes=size + spare), allow_address=loopback)
+    assert fetched.status == status
+
+
+def test_the_summary_counts_every_byte_and_every_outcome(image_server, tmp_path, caplog):
+    items = [("x", image_server.url(path)) for path in ("/big/huge.jpg", "/big/huge-chunked.jpg", "/bad/404.jpg")]
+    with caplog.at_level(logging.INFO, logger="training.data.download"):
+        download_all(items, tmp_path, CFG.replace(max_bytes=4_000_000), allow_address=loopback)
+    size = sum(p.stat().st_size for p in (tmp_path / "raw" / "x").iterdir())
+    assert size == 2 * len(image_server.static("/big/huge.jpg"))
+    assert f"2 ok, 1 failed, 0 rejected of 3 URLs (0 from an earlier run); {size / 1e6:.1f} MB in" in caplog.text
+    assert caplog.text.rstrip().endswith("s; http_404 1")
+
+
+def test_backoff_doubles_with_jitter_and_retry_after_is_taken_up_to_the_limit():
+    random.seed(0)
+    for attempt in range(4):
+        waits = [download._retry_wait(None, attempt, CFG) for _ in range(200)]
+        # 0.5 s doubled per attempt, times a uniform 0.5..1.5
+        assert 0.25 * 2 ** attempt <= min(waits) < 0.3 * 2 ** attempt
+        assert 0.7 * 2 ** attempt < max(waits) <= 0.75 * 2 ** attempt
+    assert download._retry_wait(CFG.max_retry_after, 0, CFG) == CFG.max_retry_after
+    assert download._retry_wait(CFG.max_retry_after + 0.1, 0, CFG) is None
 
 
 def test_retry_failed_retries_only_failures_and_the_newest_row_wins(image_server, tmp_path):
@@ -257,8 +327,9 @@ def test_retry_after_header(value, seconds):
     assert _retry_after(value) == seconds
 
 
-def test_retry_after_a_future_date():
-    when = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 120))
+@pytest.mark.parametrize("zone", ["GMT", "+0000", "-0000"])  # -0000 reads as a date without a time zone
+def test_retry_after_a_future_date(zone):
+    when = time.strftime(f"%a, %d %b %Y %H:%M:%S {zone}", time.gmtime(time.time() + 120))
     assert 100 < _retry_after(when) <= 121
 
 

@@ -149,6 +149,8 @@ class _Run:
                 infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
             except socket.gaierror as exc:
                 raise _Stop("failed", "dns_error", f"cannot resolve {host}: {exc}") from exc
+            except UnicodeError as exc:  # a label over 63 characters, which the resolver cannot even encode
+                raise _Stop("rejected", "bad_url", f"host name {host[:80]!r}: {exc}") from exc
             self._addresses[host] = [_ip(info[4][0]) for info in infos]
         return self._addresses[host]
 
