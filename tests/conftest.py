@@ -41,8 +41,9 @@ def pytest_collection_modifyitems(config, items):
     named = config.stash.get(_NAMED, None)
     if named is None:
         return
-    shared = set().union(*(_module_fixtures(item) for item in items if item.nodeid in named))
-    keep = [item for item in items if item.nodeid in named or shared & _module_fixtures(item)]
+    chosen = [item for item in items if item.nodeid in named or item.nodeid.split("::")[0] in named]
+    shared = set().union(*(_module_fixtures(item) for item in chosen))
+    keep = [item for item in items if item in chosen or shared & _module_fixtures(item)]
     config.hook.pytest_deselected(items=[item for item in items if item not in keep])
     items[:] = keep
 

@@ -7,8 +7,11 @@ so any test can ask for it by name.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import random
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,10 +100,41 @@ def tiny_model(tmp_path_factory) -> TinyModel:
     """Train the tiny model once for the whole test session."""
     from training.train.stage import train  # torch and fastai load only for tests that need them
 
-    root = tmp_path_factory.mktemp("tiny")
+    cache = _mutation_cache()
+    if cache and (cache / "complete").exists():
+        return TinyModel(tiny_config(cache / "data", cache / "model"), cache / "data", cache / "model")
+    if cache:
+        shutil.rmtree(cache, ignore_errors=True)  # what an interrupted session left
+    root = cache or tmp_path_factory.mktemp("tiny")
     data = make_images(root / "data")
     cfg = tiny_config(data, root / "model")
-    return TinyModel(cfg, data, train(cfg))
+    model = TinyModel(cfg, data, train(cfg))
+    if cache:
+        (cache / "complete").touch()
+    return model
+
+
+def _mutation_cache() -> Path | None:
+    """Where a mutation run keeps one tiny model for all its mutants (docs/mutation.md); None otherwise.
+
+    mutmut runs each mutant's tests in a fresh session, which would train the model again for every mutant.
+    So under mutmut the first session that runs with no mutant active trains it into mutants/.tiny-model
+    (or $TINY_MODEL_CACHE) and later sessions reuse it, except under a mutant of training/, which must train
+    for itself. A serving mutant then meets the model the real code trained: it can still fail the serving
+    tests, but not training's own checks, so the cache can only let mutants survive, never kill one.
+    """
+    if "MUTANT_UNDER_TEST" not in os.environ:  # set by mutmut in every session it runs, empty when no mutant is
+        return None
+    mutant = os.environ["MUTANT_UNDER_TEST"]
+    if mutant.startswith("training."):
+        return None
+    # Keyed by the code that trains it, so that a run after a change never meets an old model.
+    code = sorted(Path.cwd().glob("training/**/*.py")) + sorted(Path.cwd().glob("serving/**/*.py"))
+    key = hashlib.sha1(b"".join(p.read_bytes() for p in [Path(__file__), *code])).hexdigest()[:12]
+    cache = Path(os.environ.get("TINY_MODEL_CACHE") or Path.cwd() / ".tiny-model") / key
+    if "__mutmut_" in mutant and not (cache / "complete").exists():
+        return None  # never let a mutant write the model the others will read
+    return cache
 
 
 def half_transparent(example: Path) -> Image.Image:
