@@ -79,7 +79,7 @@ class Preprocess:
                                    "crop, mean and std (3 numbers each); re-export the model folder") from exc
         problems = [f"resize_mode {mode!r} is not one of {RESIZE_MODES}"] if mode not in RESIZE_MODES else []
         problems += [f"resample {resample!r} is not one of {tuple(RESAMPLE)}"] if resample not in RESAMPLE else []
-        problems += [f"crop {crop} is larger than resize {resize}"] if not 0 < crop <= resize else []
+        problems += [f"crop {crop} is not between 1 and resize {resize}"] if not 0 < crop <= resize else []
         crop_mode = spec.get("crop_mode", "centre")
         problems += [f"crop_mode {crop_mode!r} is not 'centre'"] if crop_mode != "centre" else []
         problems += ["std has a zero"] if not np.all(std) else []

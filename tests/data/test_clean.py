@@ -8,12 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import imagehash
 import numpy as np
 from PIL import Image, ImageDraw
 
 from tests.image_corpus import encode, photo
 from tests.live_app import ROOT
 from training.config import Config
+from training.data import clean
 from training.data.clean import Source, clean_images
 from training.data.decisions import ReviewLog
 from training.data.manifest import Row
@@ -94,6 +96,25 @@ def test_stale_images_move_to_trash_on_a_rerun(tmp_path):
     assert len(kept) == 2 and len(now) == 1 and sorted(now + trashed) == kept
 
 
+def test_several_stale_images_of_one_label_all_move_to_trash(tmp_path):
+    """The second stale file meets a trash folder the first one made."""
+    files = [_write(tmp_path, f"{n}.png", photo((200, 150), 20 + n)) for n in range(3)]
+    _clean(tmp_path, [("a", f) for f in files])
+    kept = sorted(p.name for p in (tmp_path / "data" / "images" / "a").iterdir())
+    _clean(tmp_path, [("a", files[0])])
+    now = sorted(p.name for p in (tmp_path / "data" / "images" / "a").iterdir())
+    trashed = sorted(p.name for p in (tmp_path / "data" / "trash" / "images" / "a").iterdir())
+    assert len(kept) == 3 and len(now) == 1 and len(trashed) == 2 and sorted(now + trashed) == kept
+
+
+def test_the_hashes_compared_are_imagehashs_own_bits(tmp_path):
+    path = _write(tmp_path, "photo.png", photo((200, 150), 8))
+    decoded = clean._decode(0, Source("a", str(path), path), Config())
+    with Image.open(path) as img:
+        for ours, theirs in ((decoded.phash, imagehash.phash(img)), (decoded.dhash, imagehash.dhash(img))):
+            assert ours == int("".join("1" if bit else "0" for bit in theirs.hash.flatten()), 2)
+
+
 def _kept_name(label: str, img: Image.Image) -> str:
     """Where a kept RGB image under max_side goes, by the rule in docs/data.md: sha256 of its size and pixels."""
     return f"images/{label}/{hashlib.sha256(str(img.size).encode() + img.tobytes()).hexdigest()[:16]}.jpg"
@@ -170,6 +191,7 @@ WRITE_CAPPED = """
 import resource, sys
 from pathlib import Path
 from training.config import Config
+from training.data import clean
 from training.data.clean import Source, clean_images
 from training.data.decisions import ReviewLog
 from training.data.manifest import Row

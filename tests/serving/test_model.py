@@ -198,15 +198,16 @@ def test_preprocess_defaults_are_squish_bilinear_centre():
     assert pre.shrink_to == (256, 256)
 
 
-def test_a_crop_as_large_as_the_resize_is_usable():
-    assert Preprocess.from_config(_spec(crop=256, crop_mode="centre")).crop == 256
+@pytest.mark.parametrize("crop", [1, 256])
+def test_a_crop_from_one_pixel_to_the_resize_is_usable(crop):
+    assert Preprocess.from_config(_spec(crop=crop, crop_mode="centre")).crop == crop
 
 
 @pytest.mark.parametrize("changes, problems", [
     ({"resize_mode": "pad"}, "resize_mode 'pad' is not one of ('squish', 'crop')"),
     ({"resample": "box"}, "resample 'box' is not one of ('bilinear', 'bicubic', 'nearest', 'lanczos')"),
-    ({"crop": 257}, "crop 257 is larger than resize 256"),
-    ({"crop": 0}, "crop 0 is larger than resize 256"),
+    ({"crop": 257}, "crop 257 is not between 1 and resize 256"),
+    ({"crop": 0}, "crop 0 is not between 1 and resize 256"),
     ({"crop_mode": "random"}, "crop_mode 'random' is not 'centre'"),
     ({"std": [0.25, 0.0, 0.25]}, "std has a zero"),
     ({"resize_mode": "pad", "std": [0, 0, 0]}, "resize_mode 'pad' is not one of ('squish', 'crop'); std has a zero"),
