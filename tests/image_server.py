@@ -17,6 +17,7 @@ Routes (GET only; anything else is a 404):
 /bad/html.jpg               200, an HTML page, Content-Type text/html
 /bad/html-as-image.jpg      200, the same HTML page, Content-Type image/jpeg
 /bad/empty.jpg              200, zero bytes, image/jpeg
+/bad/short.jpg              200, the 3 bytes a JPEG starts with and nothing more, image/jpeg
 /bad/truncated.jpg          200, a real JPEG cut to half its length, image/jpeg (downloads fine; cleaning rejects it)
 /bad/404.jpg                404
 /svg/image.svg              200, an SVG, image/svg+xml
@@ -295,6 +296,7 @@ def _static_files() -> dict[str, tuple[int, bytes, str]]:
         "/bad/html.jpg": (200, _HTML, "text/html; charset=utf-8"),
         "/bad/html-as-image.jpg": (200, _HTML, "image/jpeg"),
         "/bad/empty.jpg": (200, b"", "image/jpeg"),
+        "/bad/short.jpg": (200, b"\xff\xd8\xff", "image/jpeg"),
         "/bad/truncated.jpg": (200, jpeg[: len(jpeg) // 2], "image/jpeg"),
         "/svg/image.svg": (200, _SVG, "image/svg+xml"),
         "/flaky/500-then-200.jpg": (200, encode(picture("flaky", 500), "JPEG"), "image/jpeg"),

@@ -39,6 +39,7 @@ ROUTES = [
     ("/bad/html-as-image.jpg", "rejected", "not_image"),
     ("/svg/image.svg", "rejected", "not_image"),
     ("/bad/empty.jpg", "rejected", "empty"),
+    ("/bad/short.jpg", "rejected", "not_image"),
     ("/bad/truncated.jpg", "ok", ""),
     ("/bad/404.jpg", "failed", "http_404"),
     ("/flaky/500-then-200.jpg", "ok", ""),
@@ -240,6 +241,19 @@ def test_the_summary_counts_every_byte_and_every_outcome(image_server, tmp_path,
     assert size == 2 * len(image_server.static("/big/huge.jpg"))
     assert f"2 ok, 1 failed, 0 rejected of 3 URLs (0 from an earlier run); {size / 1e6:.1f} MB in" in caplog.text
     assert caplog.text.rstrip().endswith("s; http_404 1")
+
+
+def test_each_refusal_is_one_debug_line_saying_why(image_server, tmp_path, caplog):
+    urls = [image_server.url(path) for path in ("/bad/404.jpg", "/bad/empty.jpg", "/bad/short.jpg", "/bad/html.jpg",
+                                                "/big/huge.jpg", "/flaky/429-long.jpg")]
+    with caplog.at_level(logging.DEBUG, logger="training.data.download"):
+        download_all([("x", url) for url in urls], tmp_path, CFG, allow_address=loopback)
+    lines = {r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG}
+    assert lines == {f"failed {urls[0]} (http_404): http_404", f"rejected {urls[1]} (empty): zero bytes",
+                     f"rejected {urls[2]} (not_image): only 3 bytes",
+                     f"rejected {urls[3]} (not_image): Content-Type text/html",
+                     f"rejected {urls[4]} (too_large): Content-Length 3000000 > 1000000",
+                     f"failed {urls[5]} (http_429): after 1 tries (Retry-After: 3600.0)"}
 
 
 def test_backoff_doubles_with_jitter_and_retry_after_is_taken_up_to_the_limit():
