@@ -18,6 +18,8 @@ Routes (GET only; anything else is a 404):
 /bad/html-as-image.jpg      200, the same HTML page, Content-Type image/jpeg
 /bad/empty.jpg              200, zero bytes, image/jpeg
 /bad/short.jpg              200, the 3 bytes a JPEG starts with and nothing more, image/jpeg
+/bad/gzip.jpg               200, Content-Encoding: gzip over bytes that are no gzip stream
+/img/binary.jpg             200, a JPEG served as "application/octet-stream; name=photo.jpg"
 /bad/truncated.jpg          200, a real JPEG cut to half its length, image/jpeg (downloads fine; cleaning rejects it)
 /bad/404.jpg                404
 /svg/image.svg              200, an SVG, image/svg+xml
@@ -111,6 +113,7 @@ class ImageServer:
     def __init__(self, delay: float = 0.0):
         self.delay = delay
         self.hits: Counter[str] = Counter()
+        self.request_headers: dict[str, dict[str, str]] = {}  # the last request's headers, per path
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._good: dict[tuple[str, int, str], bytes] = {}
@@ -169,9 +172,10 @@ class ImageServer:
         """The exact bytes a fixed route serves when it answers 200 (e.g. "/dup/a.jpg")."""
         return self._static[path][1]
 
-    def _count(self, path: str) -> int:
+    def _count(self, path: str, headers: dict[str, str]) -> int:
         with self._lock:
             self.hits[path] += 1
+            self.request_headers[path] = headers
             return self.hits[path]
 
 
@@ -207,7 +211,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         path = urlsplit(self.path).path
-        count = self.owner._count(path)
+        count = self.owner._count(path, dict(self.headers))
         if self.owner.delay:
             time.sleep(self.owner.delay)
         try:
@@ -226,6 +230,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(429, b"slow down", "text/plain", {"Retry-After": "1"})
         if path == "/flaky/500.jpg":
             return self._send(500, b"down", "text/plain")
+        if path == "/bad/gzip.jpg":
+            return self._send(200, b"\xff\xd8\xff\xe0 not gzip at all", "image/jpeg", {"Content-Encoding": "gzip"})
         if path == "/flaky/429-long.jpg":
             return self._send(429, b"slow down", "text/plain", {"Retry-After": "3600"})
         if path in _REDIRECTS:
@@ -297,6 +303,7 @@ def _static_files() -> dict[str, tuple[int, bytes, str]]:
         "/bad/html-as-image.jpg": (200, _HTML, "image/jpeg"),
         "/bad/empty.jpg": (200, b"", "image/jpeg"),
         "/bad/short.jpg": (200, b"\xff\xd8\xff", "image/jpeg"),
+        "/img/binary.jpg": (200, jpeg, "application/octet-stream; name=photo.jpg"),
         "/bad/truncated.jpg": (200, jpeg[: len(jpeg) // 2], "image/jpeg"),
         "/svg/image.svg": (200, _SVG, "image/svg+xml"),
         "/flaky/500-then-200.jpg": (200, encode(picture("flaky", 500), "JPEG"), "image/jpeg"),

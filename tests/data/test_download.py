@@ -9,7 +9,9 @@ import json
 import logging
 import os
 import random
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -40,6 +42,8 @@ ROUTES = [
     ("/svg/image.svg", "rejected", "not_image"),
     ("/bad/empty.jpg", "rejected", "empty"),
     ("/bad/short.jpg", "rejected", "not_image"),
+    ("/bad/gzip.jpg", "failed", "decoding_error"),
+    ("/img/binary.jpg", "ok", ""),
     ("/bad/truncated.jpg", "ok", ""),
     ("/bad/404.jpg", "failed", "http_404"),
     ("/flaky/500-then-200.jpg", "ok", ""),
@@ -157,10 +161,12 @@ def test_no_temp_files_are_left(run):
         {f.file for f in run["outcomes"] if f.status == "ok"}
 
 
-def test_a_rerun_downloads_nothing_and_returns_the_same(run, image_server):
+def test_a_rerun_downloads_nothing_and_returns_the_same(run, image_server, caplog):
     before = dict(image_server.hits)
-    assert download_all(run["items"], run["dir"], CFG, allow_address=loopback) == run["outcomes"]
+    with caplog.at_level(logging.INFO, logger="training.data.download"):
+        assert download_all(run["items"], run["dir"], CFG, allow_address=loopback) == run["outcomes"]
     assert dict(image_server.hits) == before
+    assert [r.levelname for r in caplog.records] == ["INFO"]  # the summary; no warning about the log
 
 
 def test_retry_after_one_second_is_honoured(image_server, tmp_path):
@@ -234,26 +240,78 @@ def test_a_file_of_exactly_max_bytes_is_kept(image_server, tmp_path, spare, stat
 
 
 def test_the_summary_counts_every_byte_and_every_outcome(image_server, tmp_path, caplog):
-    items = [("x", image_server.url(path)) for path in ("/big/huge.jpg", "/big/huge-chunked.jpg", "/bad/404.jpg")]
+    items = [("x", image_server.url(path))
+             for path in ("/big/huge.jpg", "/big/huge-chunked.jpg", "/bad/404.jpg", "/bad/html.jpg")]
     with caplog.at_level(logging.INFO, logger="training.data.download"):
         download_all(items, tmp_path, CFG.replace(max_bytes=4_000_000), allow_address=loopback)
     size = sum(p.stat().st_size for p in (tmp_path / "raw" / "x").iterdir())
     assert size == 2 * len(image_server.static("/big/huge.jpg"))
-    assert f"2 ok, 1 failed, 0 rejected of 3 URLs (0 from an earlier run); {size / 1e6:.1f} MB in" in caplog.text
-    assert caplog.text.rstrip().endswith("s; http_404 1")
+    assert f"2 ok, 1 failed, 1 rejected of 4 URLs (0 from an earlier run); {size / 1e6:.1f} MB in" in caplog.text
+    assert caplog.text.rstrip().endswith("s; http_404 1, not_image 1")
 
 
 def test_each_refusal_is_one_debug_line_saying_why(image_server, tmp_path, caplog):
-    urls = [image_server.url(path) for path in ("/bad/404.jpg", "/bad/empty.jpg", "/bad/short.jpg", "/bad/html.jpg",
-                                                "/big/huge.jpg", "/flaky/429-long.jpg")]
+    paths = ("/bad/404.jpg", "/bad/empty.jpg", "/bad/short.jpg", "/bad/html.jpg", "/big/huge.jpg",
+             "/flaky/429-long.jpg", "/slow/drip.jpg", "/flaky/500-then-200.jpg")
+    urls = [image_server.url(path) for path in paths] + ["http:///x.jpg", f"http://127.0.0.1:{_closed_port()}/x.jpg"]
+    image_server.reset()
     with caplog.at_level(logging.DEBUG, logger="training.data.download"):
         download_all([("x", url) for url in urls], tmp_path, CFG, allow_address=loopback)
     lines = {r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG}
-    assert lines == {f"failed {urls[0]} (http_404): http_404", f"rejected {urls[1]} (empty): zero bytes",
-                     f"rejected {urls[2]} (not_image): only 3 bytes",
-                     f"rejected {urls[3]} (not_image): Content-Type text/html",
-                     f"rejected {urls[4]} (too_large): Content-Length 3000000 > 1000000",
-                     f"failed {urls[5]} (http_429): after 1 tries (Retry-After: 3600.0)"}
+    retries = {line for line in lines if line.startswith("retrying")}
+    assert len(retries) == 1 and re.fullmatch(rf"retrying {urls[7]} in 0\.[2-8] s after HTTP 500", min(retries))
+    assert lines - retries == {
+        f"failed {urls[0]} (http_404): http_404", f"rejected {urls[1]} (empty): zero bytes",
+        f"rejected {urls[2]} (not_image): only 3 bytes", f"rejected {urls[3]} (not_image): Content-Type text/html",
+        f"rejected {urls[4]} (too_large): Content-Length 3000000 > 1000000",
+        f"failed {urls[5]} (http_429): after 1 tries (Retry-After: 3600.0)",
+        f"failed {urls[6]} (timeout): TimeoutError, deadline 2.0 s", f"rejected {urls[8]} (bad_url): no host",
+        f"failed {urls[9]} (connection_error): ConnectError: All connection attempts failed"}
+
+
+def test_a_closed_port_is_a_connection_error(tmp_path):
+    url = f"http://127.0.0.1:{_closed_port()}/x.jpg"
+    assert download_all([("x", url)], tmp_path, CFG, allow_address=loopback) == [
+        Fetched("x", url, "failed", "connection_error", "")]
+
+
+def test_requests_ask_for_images_as_a_browser_does(image_server, tmp_path):
+    """Some image hosts answer a client that does not look like a browser with a 403 or a web page."""
+    download_all([("x", image_server.url("/good/browser/0.jpg"))], tmp_path, CFG, allow_address=loopback)
+    headers = {k.lower(): v for k, v in image_server.request_headers["/good/browser/0.jpg"].items()}
+    assert headers["user-agent"].startswith("Mozilla/5.0 (X11; Linux x86_64)") and "Chrome/" in headers["user-agent"]
+    assert headers["accept"].startswith("image/avif,image/webp,")
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_any_number_of_workers_from_one_downloads_everything(image_server, tmp_path, workers):
+    items = [("x", url) for url in good_urls(image_server, f"workers{workers}", 4)]
+    fetched = download_all(items, tmp_path, CFG.replace(workers=workers), allow_address=loopback)
+    assert [f.status for f in fetched] == ["ok"] * 4
+
+
+def test_zero_workers_is_refused_before_downloading(image_server, tmp_path):
+    with pytest.raises(StageError) as err:
+        download_all([("x", image_server.url("/good/zero/0.jpg"))], tmp_path, CFG.replace(workers=0))
+    assert str(err.value) == "workers is 0; pass --workers 1 or more"
+
+
+def test_temp_files_older_than_any_live_download_are_removed_and_newer_ones_kept(tmp_path):
+    folder = tmp_path / "raw" / "x"
+    folder.mkdir(parents=True)
+    old, new = folder / "a.jpeg.1.part", folder / "b.jpeg.2.part"
+    old.write_bytes(b"half"), new.write_bytes(b"half")
+    age = CFG.deadline + 61  # download.STALE_MARGIN is 60 s past the deadline
+    os.utime(old, (time.time() - age, time.time() - age))
+    download_all([], tmp_path, CFG)
+    assert (old.exists(), new.exists()) == (False, True)
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on (bound, then closed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def test_backoff_doubles_with_jitter_and_retry_after_is_taken_up_to_the_limit():
@@ -403,13 +461,17 @@ def test_a_killed_run_keeps_its_log_rows_and_the_next_run_clears_its_temp_file(i
     assert not part.exists()
 
 
-def test_a_torn_last_log_row_is_fetched_again_and_the_log_stays_valid(image_server, tmp_path):
+def test_a_torn_last_log_row_is_fetched_again_and_the_log_stays_valid(image_server, tmp_path, caplog):
     done, torn = good_urls(image_server, "torn", 2)
     first = download_all([("x", done)], tmp_path, CFG, allow_address=loopback)
     with open(tmp_path / "downloads.csv", "a") as f:
         f.write(f"x,{torn},o")  # what a power cut mid-row leaves
     image_server.reset()
-    second = download_all([("x", done), ("x", torn)], tmp_path, CFG, allow_address=loopback)
+    with caplog.at_level(logging.WARNING, logger="training.data.download"):
+        second = download_all([("x", done), ("x", torn)], tmp_path, CFG, allow_address=loopback)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path / 'downloads.csv'}: ignored 1 unreadable row(s), probably from an interrupted run; "
+        "those URLs will be downloaded again"]
     assert second[0] == first[0] and second[1].status == "ok"
     assert dict(image_server.hits) == {"/good/torn/1.jpg": 1}
     with open(tmp_path / "downloads.csv", newline="") as f:
