@@ -2,15 +2,20 @@
 from __future__ import annotations
 
 import io
+import logging
+import struct
 import subprocess
 import sys
+import threading
+import warnings
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from serving import imaging
 from serving.imaging import MAX_DECODE_BYTES, ImageRejected, open_upright_rgb, resize_longest, sniff_non_image
-from tests.image_corpus import corpus, encode, grey16, photo, tiff, with_transparent_corner
+from tests.image_corpus import SIDE, corpus, encode, grey16, photo, psd, tiff, with_transparent_corner
 from tests.live_app import ROOT
 
 # How the app (a 224 px model: 256) and the data stage (--max-side 512) call it, and a caller that asks for
@@ -309,3 +314,262 @@ def test_resize_longest_is_pillows_lanczos_to_the_longest_side():
     img = photo((300, 200), 3)
     assert resize_longest(img, 300) is img
     assert resize_longest(img, 150).tobytes() == img.resize((150, 100), Image.Resampling.LANCZOS).tobytes()
+
+
+# --- the structure checks at their boundaries (issue #17: each test fails if the check is changed) -----------
+
+def _progressive_jpeg_400x300() -> tuple[bytes, int]:
+    """A progressive 4:2:0 JPEG of 400x300 (height over 255, so both bytes of each side count) and where its
+    frame header (SOF2) starts."""
+    data = encode(photo((400, 300), 4), "JPEG", progressive=True, quality=80)
+    sof = data.find(b"\xff\xc2")
+    # length 17, 8 bits, height 300, width 400, 3 components: Y 2x2 (0x22), Cb and Cr 1x1 (0x11)
+    assert data[sof:sof + 19] == bytes.fromhex("ffc2 0011 08 012c 0190 03 012200 021101 031101")
+    return data, sof
+
+
+# libjpeg keeps every coefficient of a progressive JPEG, 2 bytes each: Y at full size, Cb and Cr at a quarter
+# (4:2:0), so 400 * 300 * (1 + 1/4 + 1/4) * 2 = 360,000 bytes; Pillow's RGB image holds 4 bytes a pixel.
+JPEG_COEFFICIENT_BYTES, JPEG_IMAGE_BYTES = 400 * 300 * 3 // 2 * 2, 400 * 300 * 4
+
+
+def test_a_progressive_jpeg_is_budgeted_for_every_coefficient_of_its_frame(monkeypatch):
+    """The memory estimate, to the byte: the file, the coefficients, the image. At exactly the budget it is decoded;
+    one byte under, refused."""
+    data, _ = _progressive_jpeg_400x300()
+    need = len(data) + JPEG_COEFFICIENT_BYTES + JPEG_IMAGE_BYTES
+    monkeypatch.setattr(imaging, "MAX_DECODE_BYTES", need)
+    assert open_upright_rgb(data).size == (400, 300)
+    monkeypatch.setattr(imaging, "MAX_DECODE_BYTES", need - 1)
+    with pytest.raises(ImageRejected, match=r"^JPEG of 400x300 would need about 0 MB to decode") as caught:
+        open_upright_rgb(data)
+    assert caught.value.reason == "too_costly"
+
+
+def test_a_jpeg_frame_header_is_read_for_the_components_it_declares_only(monkeypatch):
+    """Three zero bytes padded onto the frame header are no fourth component: the estimate stays the same, so the
+    file is refused one byte under it, before libjpeg (which rejects the length) ever sees it."""
+    data, sof = _progressive_jpeg_400x300()
+    padded = data[:sof + 2] + (17 + 3).to_bytes(2, "big") + data[sof + 4:sof + 19] + bytes(3) + data[sof + 19:]
+    monkeypatch.setattr(imaging, "MAX_DECODE_BYTES", len(padded) + JPEG_COEFFICIENT_BYTES + JPEG_IMAGE_BYTES - 1)
+    with pytest.raises(ImageRejected) as caught:
+        open_upright_rgb(padded)
+    assert caught.value.reason == "too_costly"
+
+
+def test_a_jpeg_frame_with_zero_sampling_factors_is_corrupt_not_a_crash():
+    """Every component sampled 1x0: nothing to estimate from (and nothing to divide by); libjpeg refuses it."""
+    data, sof = _progressive_jpeg_400x300()
+    bogus = bytearray(data)
+    for component in range(3):
+        bogus[sof + 11 + 3 * component] = 0x10
+    with pytest.raises(ImageRejected) as caught:
+        open_upright_rgb(bytes(bogus))
+    assert caught.value.reason == "corrupt"
+
+
+def _bitmap_icon(sizes=((64, 64),)) -> bytes:
+    """An icon holding bitmaps (DIB: a BITMAPINFOHEADER, its height doubled for the mask), not PNGs."""
+    data = encode(photo((64, 64), 3), "ICO", sizes=list(sizes), bitmap_format="bmp")
+    first = int.from_bytes(data[6 + 12:6 + 16], "little")  # where the first entry's image starts
+    assert data[first:first + 4] == (40).to_bytes(4, "little")  # a BITMAPINFOHEADER, not a PNG
+    return data
+
+
+def test_an_icon_bitmap_at_the_pixel_cap_is_kept_and_one_over_it_refused_from_its_header():
+    icon = _bitmap_icon()
+    assert open_upright_rgb(icon, max_pixels=64 * 64).size == (64, 64)
+    with pytest.raises(ImageRejected) as caught:
+        open_upright_rgb(icon, max_pixels=64 * 64 - 1)
+    assert caught.value.reason == "too_many_pixels"
+    assert str(caught.value) == "ICO holding a 64x64 image, over the 4,095-pixel cap"
+
+
+def test_an_icon_bitmap_claiming_more_pixels_than_it_holds_is_refused_before_pillow_decodes_it():
+    """Its header says 3000x3000 (6000 rows with the mask) in 12 KB: decoded, it would be cut short; read from the
+    header, it is over the cap."""
+    icon = bytearray(_bitmap_icon())
+    icon[22 + 4:22 + 12] = (3000).to_bytes(4, "little", signed=True) + (6000).to_bytes(4, "little", signed=True)
+    with pytest.raises(ImageRejected) as caught:
+        open_upright_rgb(bytes(icon), max_pixels=1_000_000)
+    assert caught.value.reason == "too_many_pixels"
+    assert str(caught.value) == "ICO holding a 3000x3000 image, over the 1,000,000-pixel cap"
+
+
+def test_a_top_down_icon_bitmap_is_kept():
+    """A negative height is a bitmap stored top row first (-128: 64 rows and the mask), not 2 billion rows."""
+    icon = bytearray(_bitmap_icon())
+    icon[22 + 8:22 + 12] = (-128).to_bytes(4, "little", signed=True)
+    assert open_upright_rgb(bytes(icon), max_pixels=64 * 64).size == (64, 64)
+
+
+def test_an_icon_of_two_images_is_kept():
+    """The entry count is little-endian: 2 images, not 512."""
+    icon = _bitmap_icon(((64, 64), (32, 32)))
+    assert icon[4:6] == b"\x02\x00"
+    assert open_upright_rgb(icon).size == (64, 64)
+
+
+def test_an_icon_listing_more_images_than_any_real_one_is_refused():
+    entry = struct.pack("<BBBBHHII", 16, 16, 0, 0, 1, 32, 0, 0)
+    with pytest.raises(ImageRejected) as caught:
+        open_upright_rgb(struct.pack("<HHH", 0, 1, 257) + entry * 257)
+    assert caught.value.reason == "too_costly"
+    assert str(caught.value) == "ICO with 257 images, over 256"
+
+
+def test_a_run_length_icon_bitmap_over_the_decode_budget_is_refused_unread():
+    """Pillow decodes RLE bitmaps in Python at 0.3 s a megabyte: 6,666,667 bytes is the first size over the 2 s
+    budget (6.666667 MB * 0.3 = 2.0000001 s)."""
+    size = 6_666_667
+    dib = struct.pack("<IiiHHIIiiII", 40, 16, 32, 1, 8, 1, size - 40, 0, 0, 0, 0)  # 16x16, 8 bits, BI_RLE8
+    entry = struct.pack("<BBBBHHII", 16, 16, 0, 0, 1, 8, size, 6 + 16)
+    icon = struct.pack("<HHH", 0, 1, 1) + entry + dib + bytes(size - len(dib))
+    with pytest.raises(ImageRejected) as caught:
+        open_upright_rgb(icon)
+    assert caught.value.reason == "too_costly"
+    assert str(caught.value) == "ICO holding 6,666,667 bytes of run-length bitmap, over the 2 s budget"
+
+
+def _psd_with_resources(count: int) -> bytes:
+    """A Photoshop file with `count` image resources, each named "ab" (a Pascal string of odd length 3, padded to
+    4) holding one byte (padded to 2): 16 bytes each, read as Pillow reads them."""
+    resource = b"8BIM" + struct.pack(">H", 1000) + b"\x02ab\x00" + struct.pack(">I", 1) + b"x\x00"
+    plain = psd(photo(SIDE, 8))
+    return plain[:30] + struct.pack(">I", 16 * count) + resource * count + plain[34:]
+
+
+def test_psd_resources_with_names_and_odd_sizes_are_counted_one_by_one():
+    assert open_upright_rgb(_psd_with_resources(imaging.MAX_PSD_RESOURCES)).size == SIDE
+    with pytest.raises(ImageRejected) as caught:
+        open_upright_rgb(_psd_with_resources(imaging.MAX_PSD_RESOURCES + 1))
+    assert caught.value.reason == "too_costly"
+    assert str(caught.value) == "PSD with over 1,000 image resources"
+
+
+def _gif_head() -> bytes:
+    """A GIF up to the end of its global palette."""
+    gif = encode(photo((16, 16), 1), "GIF")
+    return gif[:13 + (3 << ((gif[10] & 7) + 1))]
+
+
+@pytest.mark.parametrize("cut", ["header only", "extension introducer", "extension label"])
+def test_a_gif_cut_short_before_its_image_is_not_an_image_not_a_crash(cut):
+    """Cut at the last byte the structure check reads: before the palette flags (10 bytes), after an extension's
+    0x21, after its label."""
+    head = _gif_head()
+    data = {"header only": head[:10], "extension introducer": head + b"\x21",
+            "extension label": head + b"\x21\xfe"}[cut]
+    with pytest.raises(ImageRejected) as caught:
+        open_upright_rgb(data)
+    assert caught.value.reason == "not_image"
+
+
+@pytest.mark.parametrize("stray, reason", [(imaging.MAX_GIF_SUBBLOCKS, None),
+                                           (imaging.MAX_GIF_SUBBLOCKS + 1, "too_costly")])
+def test_gif_stray_bytes_before_the_image_are_counted_one_by_one(stray, reason):
+    """Pillow steps over a stray byte at a time, in Python: 10,000 are allowed, 10,001 are not."""
+    head = _gif_head()
+    gif = encode(photo((16, 16), 1), "GIF")
+    data = head + bytes(stray) + gif[len(head):]
+    if reason is None:
+        assert open_upright_rgb(data).size == (16, 16)
+    else:
+        with pytest.raises(ImageRejected) as caught:
+            open_upright_rgb(data)
+        assert caught.value.reason == reason
+
+
+def test_a_tiff_with_more_tags_than_any_real_one_is_refused_by_name():
+    entries = b"".join(struct.pack("<HHII", tag, 3, 1, 0) for tag in range(imaging.MAX_TIFF_ENTRIES + 1))
+    with pytest.raises(ImageRejected) as caught:
+        open_upright_rgb(b"II*\0" + struct.pack("<IH", 8, imaging.MAX_TIFF_ENTRIES + 1) + entries + bytes(4))
+    assert caught.value.reason == "too_costly"
+    assert str(caught.value) == "TIFF with 1,001 tags, over 1,000"
+
+
+def test_a_tiff_listing_more_strips_than_its_rows_make_is_refused():
+    """16 rows in strips of 16 rows is one strip: a TIFF that lists two offsets is refused before Pillow makes a
+    tile of each."""
+    tags = [(256, 3, 1, 16), (257, 3, 1, 16), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
+            (273, 4, 2, 0), (277, 3, 1, 1), (278, 3, 1, 16), (279, 4, 2, 0)]
+    ifd_end = 8 + 2 + 12 * len(tags) + 4
+    arrays = {273: struct.pack("<II", ifd_end + 16, ifd_end + 16), 279: struct.pack("<II", 256, 0)}
+    entries, tail = b"", b""
+    for tag, kind, count, value in tags:
+        if tag in arrays:
+            value, tail = ifd_end + len(tail), tail + arrays[tag]
+        entries += struct.pack("<HHI", tag, kind, count) + (struct.pack("<HH", value, 0) if kind == 3 else
+                                                            struct.pack("<I", value))
+    data = b"II*\0" + struct.pack("<IH", 8, len(tags)) + entries + bytes(4) + tail + bytes(256)
+    with pytest.raises(ImageRejected) as caught:
+        open_upright_rgb(data)
+    assert caught.value.reason == "too_costly"
+    assert str(caught.value) == "TIFF of 16x16 listing 2 pieces where it has 1"
+
+
+def test_a_float_image_spanning_all_of_float32_is_scaled_in_float64():
+    """-3e38..3e38: their difference overflows float32 (max 3.4e38) but not float64."""
+    values = np.linspace(-3e38, 3e38, 160 * 120, dtype=np.float32).reshape(120, 160)
+    wide = values.astype(np.float64)
+    expected = np.rint((wide - wide.min()) * (255.0 / (wide.max() - wide.min())))
+    got = np.asarray(open_upright_rgb(tiff(Image.fromarray(values, "F"))))[..., 0]
+    assert np.array_equal(got, expected)
+
+
+def test_a_32_bit_image_spanning_four_billion_levels_is_scaled_in_64_bits():
+    """-2e9..2e9: (v - lo) * 255 is about 1e12, far over int32; rounded half up, by hand in Python integers."""
+    values = np.linspace(-2_000_000_000, 2_000_000_000, 160 * 120).astype(np.int32).reshape(120, 160)
+    lo, hi = int(values.min()), int(values.max())
+    expected = np.array([[((int(v) - lo) * 255 + (hi - lo) // 2) // (hi - lo) for v in row] for row in values])
+    got = np.asarray(open_upright_rgb(tiff(Image.fromarray(values, "I"))))[..., 0]
+    assert np.array_equal(got, expected)
+
+
+def test_missing_float_values_are_set_before_the_cast_so_numpy_never_warns():
+    """NaN cast to 8 bits is undefined (numpy warns "invalid value encountered in cast"): it becomes lo first."""
+    values = np.linspace(0.1, 0.2, 160 * 120, dtype=np.float32).reshape(120, 160)
+    values[0, :5] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = np.asarray(open_upright_rgb(tiff(Image.fromarray(values, "F"))))[..., 0]
+    assert (got[0, :5] == 0).all()
+
+
+@pytest.mark.filterwarnings("ignore:Truncated File Read")  # Pillow's, about the same file
+def test_libtiff_messages_during_a_decode_become_one_debug_line_in_this_process(tmp_path, caplog):
+    caplog.set_level(logging.DEBUG, logger="serving.imaging")
+    with pytest.raises(ImageRejected):
+        open_upright_rgb(_tiff_libtiff_complains_about(tmp_path), name="visitor.tif")
+    lines = [r.getMessage() for r in caplog.records if r.name == "serving.imaging"]
+    named = [line for line in lines if line.startswith("visitor.tif: the decoder said: ")]
+    assert len(named) == 1 and "JPEGLib" in named[0]
+    assert not [line for line in lines if "JPEGLib" in line and "visitor.tif" not in line]
+
+
+@pytest.mark.filterwarnings("ignore:Truncated File Read")  # Pillow's, about the same file
+def test_libtiff_messages_outside_a_decode_are_logged_on_their_own(tmp_path, caplog):
+    """Pillow used directly, in a thread that never decoded through open_upright_rgb: libtiff's complaint is a
+    DEBUG line of its own."""
+    caplog.set_level(logging.DEBUG, logger="serving.imaging")
+    path = _tiff_libtiff_complains_about(tmp_path)
+    failures = []
+
+    def decode():
+        try:
+            Image.open(path).load()
+        except OSError as exc:
+            failures.append(exc)
+
+    thread = threading.Thread(target=decode)
+    thread.start()
+    thread.join()
+    assert len(failures) == 1
+    lines = [r.getMessage() for r in caplog.records if r.name == "serving.imaging"]
+    assert [line for line in lines if line.startswith("JPEGLib: ")], lines
+
+
+def test_warnings_not_from_pillow_are_still_shown_as_usual():
+    code = "import warnings, serving.imaging\nwarnings.warn('not about a file', UserWarning)\n"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert "UserWarning: not about a file" in done.stderr
