@@ -10,6 +10,9 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ["ORT_CACHE_DIR"] = tempfile.mkdtemp(prefix="ort-cache-")
 atexit.register(shutil.rmtree, os.environ["ORT_CACHE_DIR"], ignore_errors=True)
 
+if "MUTANT_UNDER_TEST" in os.environ:  # under mutmut, which forks a process per mutant (docs/mutation.md)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # an OpenMP thread team does not survive a fork
+
 import pytest  # noqa: E402
 from playwright.sync_api import sync_playwright  # noqa: E402
 
