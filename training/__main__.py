@@ -8,4 +8,9 @@ from training.cli import main
 # nothing a user of this tool can act on.
 warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
 
-sys.exit(main())
+code = main()
+if "training.train.distributed" in sys.modules:  # imported by the train stage only: `data` never loads torch
+    from training.train.distributed import exit_process
+
+    exit_process(code)  # returns unless this process trained with others over torch.distributed
+sys.exit(code)
