@@ -573,3 +573,53 @@ def test_warnings_not_from_pillow_are_still_shown_as_usual():
     code = "import warnings, serving.imaging\nwarnings.warn('not about a file', UserWarning)\n"
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert "UserWarning: not about a file" in done.stderr
+
+
+def _ppm(side: int, pad: int) -> bytes:
+    """A binary PPM (P6) whose header has a comment of `pad` bytes; the header's parse ends 14 + pad + the side's
+    digits after the magic number (counted by hand below)."""
+    pixels = photo((side, side), 3).tobytes()
+    return b"P6\n#" + b"x" * pad + b"\n" + f"{side} {side}\n255".encode() + b"\n" + pixels
+
+
+@pytest.mark.parametrize("over", [0, 1])
+def test_a_pnm_header_up_to_the_limit_is_read_and_one_byte_over_is_refused(over):
+    # After "P6": "\n" (1), "#" + pad + "\n" (pad + 2), "100 100\n255" (11): the parse stops right after "255",
+    # at 14 + pad, which must be at most MAX_PNM_HEADER (1,024).
+    data = _ppm(100, imaging.MAX_PNM_HEADER - 14 + over)
+    with Image.open(io.BytesIO(data)) as img:
+        assert img.size == (100, 100)  # a file Pillow reads
+    if not over:
+        assert open_upright_rgb(data).tobytes() == photo((100, 100), 3).tobytes()
+        return
+    with pytest.raises(ImageRejected) as caught:
+        open_upright_rgb(data)
+    assert (caught.value.reason, str(caught.value)) == ("too_costly", "PNM whose header runs past 1,024 bytes")
+
+
+def test_a_plain_pnm_with_a_comment_among_its_values_is_refused():
+    data = b"P3\n2 2\n255\n" + b"255 0 0  0 255 0\n# a comment Pillow copies the values anew for\n0 0 255  9 9 9\n"
+    with pytest.raises(ImageRejected) as caught:
+        open_upright_rgb(data)
+    assert (caught.value.reason, str(caught.value)) == ("too_costly", "plain-text PNM with comments among its values")
+
+
+def _j2k_head(*, siz_at: int, image=(640, 480), offset=(0, 0), tile=(640, 480), levels=5, after_levels=7) -> bytes:
+    """A codestream's start: SIZ at siz_at (Xsiz, Ysiz, XOsiz, YOsiz, XTsiz, YTsiz at +6..+26), then COD, whose
+    decomposition levels are at +9; padded before SIZ with 0xEE bytes."""
+    siz = b"\xff\x51" + bytes(4) + b"".join(n.to_bytes(4, "big") for n in (*image, *offset, *tile)) + bytes(12)
+    cod = b"\xff\x52" + bytes(7) + bytes([levels, after_levels]) + bytes(4)
+    return b"\xee" * siz_at + siz + cod
+
+
+@pytest.mark.parametrize("head, levels", [
+    (_j2k_head(siz_at=0), 3),  # SIZ first: found at 0
+    (_j2k_head(siz_at=40), 3),
+    (_j2k_head(siz_at=40, levels=2), 2),  # fewer levels than 1/8 needs: as many as it has
+    (_j2k_head(siz_at=40, tile=(320, 480)), 0),  # tiles: openjpeg keeps each tile's buffers whole
+    (_j2k_head(siz_at=40, tile=(640, 240)), 0),
+    (_j2k_head(siz_at=40, offset=(40, 30), tile=(600, 450)), 3),  # one tile exactly covering the offset image
+    (_j2k_head(siz_at=40)[:88], 0),  # COD found, its levels byte (at 82 + 9) cut off
+])
+def test_jpeg_2000_levels_come_from_siz_and_cod(head, levels):
+    assert imaging._j2k_levels_available(head) == levels
