@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 from PIL import Image
 
@@ -27,6 +28,31 @@ def clf(tiny_model):
 @pytest.fixture(scope="module")
 def image_file(tiny_model):
     return next((tiny_model.data / "images" / "square").iterdir())
+
+
+def test_judge_scores_each_image_by_its_cosine_distance_to_the_nearest_training_image(clf, tiny_model):
+    """Worked out here with onnxruntime and numpy alone: the features output, normalised, against the stored
+    training features; k=1 for the tiny model, so the distance to the single nearest one."""
+    section = json.loads((tiny_model.folder / "config.json").read_text())["novelty"]
+    assert section["k"] == 1
+    bank = np.load(tiny_model.folder / section["features_file"]).astype(np.float64)
+    images = [Image.open(p).convert("RGB") for p in sorted((tiny_model.data / "images" / "square").iterdir())[:2]]
+    images.append(Image.effect_noise((96, 96), 80).convert("RGB"))  # nothing like a shape
+    session = ort.InferenceSession(str(tiny_model.folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    logits, features = session.run(names, {session.get_inputs()[0].name: np.stack([clf.preprocess(im)
+                                                                                  for im in images])})
+    features = features.astype(np.float64) / np.linalg.norm(features, axis=1, keepdims=True)
+    nearest = 1 - (features @ bank.T).max(axis=1)
+    verdicts = clf.judge_batch(images)
+    assert [v.novelty for v in verdicts] == pytest.approx(list(nearest), abs=1e-3)
+    assert all(v.threshold == section["threshold"] for v in verdicts)
+    assert [v.in_domain for v in verdicts] == [d <= section["threshold"] for d in nearest]
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    for verdict, row in zip(verdicts, probs):
+        assert list(verdict.probs) == clf.labels and list(verdict.probs.values()) == pytest.approx(list(row), abs=1e-6)
+    assert clf.classify_batch(images) == [v.probs for v in verdicts]
 
 
 def test_serving_never_imports_torch_or_fastai(tiny_model, image_file):
