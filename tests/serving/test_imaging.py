@@ -623,3 +623,10 @@ def _j2k_head(*, siz_at: int, image=(640, 480), offset=(0, 0), tile=(640, 480), 
 ])
 def test_jpeg_2000_levels_come_from_siz_and_cod(head, levels):
     assert imaging._j2k_levels_available(head) == levels
+
+
+def test_pillows_own_log_outside_a_decode_is_one_debug_line_naming_its_logger(caplog):
+    with caplog.at_level(logging.DEBUG, logger="serving.imaging"):
+        logging.getLogger("PIL.TiffImagePlugin").error("samples per pixel: %d", 9999)  # no decode in progress
+    assert [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "serving.imaging"] == [
+        ("DEBUG", "PIL.TiffImagePlugin: samples per pixel: 9999")]
