@@ -203,11 +203,13 @@ def test_default_address_policy(address, allowed):
     assert _public_only(_ip(address)) is allowed
 
 
-def test_a_host_name_is_judged_by_every_address_it_resolves_to(image_server, tmp_path):
+def test_a_host_name_is_judged_by_every_address_it_resolves_to(image_server, tmp_path, caplog):
     url = image_server.url("/good/byname/0.jpg").replace("127.0.0.1", "localhost")
     image_server.reset()
-    [fetched] = download_all([("x", url)], tmp_path, Config())
+    with caplog.at_level(logging.DEBUG, logger="training.data.download"):
+        [fetched] = download_all([("x", url)], tmp_path, Config())
     assert fetched == Fetched("x", url, "rejected", "private_address", "")
+    assert f"rejected {url} (private_address): localhost resolves to 127.0.0.1" in caplog.messages
     assert image_server.hits["/good/byname/0.jpg"] == 0
     [fetched] = download_all([("x", url)], tmp_path / "allowed", CFG, allow_address=loopback)
     assert (fetched.status, image_server.hits["/good/byname/0.jpg"]) == ("ok", 1)
@@ -273,6 +275,14 @@ def test_a_closed_port_is_a_connection_error(tmp_path):
     url = f"http://127.0.0.1:{_closed_port()}/x.jpg"
     assert download_all([("x", url)], tmp_path, CFG, allow_address=loopback) == [
         Fetched("x", url, "failed", "connection_error", "")]
+
+
+def test_a_proxy_from_the_environment_is_never_used(image_server, tmp_path, monkeypatch):
+    """A proxy would make connections the address check never sees; this one does not even listen."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "all_proxy"):
+        monkeypatch.setenv(name, f"http://127.0.0.1:{_closed_port()}")
+    [fetched] = download_all([("x", image_server.url("/good/proxy/0.jpg"))], tmp_path, CFG, allow_address=loopback)
+    assert fetched.status == "ok"
 
 
 def test_requests_ask_for_images_as_a_browser_does(image_server, tmp_path):
