@@ -11,11 +11,21 @@ import warnings
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from serving import imaging
 from serving.imaging import MAX_DECODE_BYTES, ImageRejected, open_upright_rgb, resize_longest, sniff_non_image
-from tests.image_corpus import SIDE, corpus, encode, grey16, photo, psd, tiff, with_transparent_corner
+from tests.image_corpus import (
+    SIDE,
+    corpus,
+    encode,
+    grey16,
+    photo,
+    psd,
+    psd_resource_flood,
+    tiff,
+    with_transparent_corner,
+)
 from tests.live_app import ROOT
 
 # How the app (a 224 px model: 256) and the data stage (--max-side 512) call it, and a caller that asks for
@@ -431,6 +441,46 @@ def test_a_run_length_icon_bitmap_over_the_decode_budget_is_refused_unread():
     assert str(caught.value) == "ICO holding 6,666,667 bytes of run-length bitmap, over the 2 s budget"
 
 
+def test_a_run_length_4_bit_icon_bitmap_over_the_decode_budget_is_refused_like_rle8():
+    """BI_RLE4 (compression 2) is decoded by the same Python decoder as BI_RLE8: 6,666,667 bytes is over budget."""
+    size = 6_666_667
+    dib = struct.pack("<IiiHHIIiiII", 40, 16, 32, 1, 4, 2, size - 40, 0, 0, 0, 0)  # 16x16, 4 bits, BI_RLE4
+    body = dib + bytes(16 * 4) + b"\x00\x01"  # a blank palette, then "end of bitmap"
+    entry = struct.pack("<BBBBHHII", 16, 16, 0, 0, 1, 4, size, 6 + 16)
+    icon = struct.pack("<HHH", 0, 1, 1) + entry + body + bytes(size - len(body))
+    with pytest.raises(ImageRejected) as caught:
+        open_upright_rgb(icon)
+    assert caught.value.reason == "too_costly"
+    assert str(caught.value) == "ICO holding 6,666,667 bytes of run-length bitmap, over the 2 s budget"
+
+
+def test_a_bitfields_icon_bitmap_as_large_as_a_refused_run_length_one_is_kept():
+    """BI_BITFIELDS (compression 3) is raw pixels with colour masks, not run length: an entry of 6,666,667 bytes
+    holding a 16x16 BGRA bitmap (alpha 255) decodes to the very pixels written."""
+    size = 6_666_667
+    picture = photo((16, 16), 3)
+    bgra = np.dstack([np.asarray(picture)[::-1, :, ::-1], np.full((16, 16), 255, np.uint8)]).tobytes()  # bottom-up
+    dib = struct.pack("<IiiHHIIiiII", 40, 16, 32, 1, 32, 3, len(bgra), 0, 0, 0, 0)  # 16x16, 32 bits, BI_BITFIELDS
+    body = dib + struct.pack("<III", 0xFF0000, 0xFF00, 0xFF) + bgra
+    entry = struct.pack("<BBBBHHII", 16, 16, 0, 0, 1, 32, size, 6 + 16)
+    icon = struct.pack("<HHH", 0, 1, 1) + entry + body + bytes(size - len(body))
+    assert np.array_equal(np.asarray(open_upright_rgb(icon)), np.asarray(picture))
+
+
+def test_an_icon_whose_second_image_claims_too_many_pixels_is_refused():
+    """Directory entries are 16 bytes apart: the second (32x32, read at 6 + 16 = 22) points at a bitmap whose header
+    says 3000x3000. Pillow would decode only the first, larger entry; the check reads every one."""
+    icon = bytearray(_bitmap_icon(((64, 64), (32, 32))))
+    icon[6:22], icon[22:38] = icon[22:38], icon[6:22]  # Pillow writes the 32x32 entry first: put it second
+    second = int.from_bytes(icon[22 + 12:22 + 16], "little")
+    assert icon[22] == 32 and icon[second:second + 4] == (40).to_bytes(4, "little")
+    icon[second + 4:second + 12] = (3000).to_bytes(4, "little", signed=True) + (6000).to_bytes(4, "little", signed=True)
+    with pytest.raises(ImageRejected) as caught:
+        open_upright_rgb(bytes(icon), max_pixels=1_000_000)
+    assert caught.value.reason == "too_many_pixels"
+    assert str(caught.value) == "ICO holding a 3000x3000 image, over the 1,000,000-pixel cap"
+
+
 def _psd_with_resources(count: int) -> bytes:
     """A Photoshop file with `count` image resources, each named "ab" (a Pascal string of odd length 3, padded to
     4) holding one byte (padded to 2): 16 bytes each, read as Pillow reads them."""
@@ -447,19 +497,34 @@ def test_psd_resources_with_names_and_odd_sizes_are_counted_one_by_one():
     assert str(caught.value) == "PSD with over 1,000 image resources"
 
 
+def test_a_psd_colour_mode_length_is_read_from_all_four_bytes():
+    """A length of 16,777,216 (high byte 1) runs past this 30 KB file: Pillow can't identify it, and the check, which
+    reads the length as Pillow does, never takes the resource flood right after it for the resources."""
+    flood = psd_resource_flood(photo(SIDE, 8))
+    data = flood[:26] + struct.pack(">I", 1 << 24) + flood[30:]
+    with pytest.raises(UnidentifiedImageError):
+        Image.open(io.BytesIO(data))
+    assert imaging._check_psd(data) is None
+    with pytest.raises(ImageRejected) as caught:
+        open_upright_rgb(data)
+    assert caught.value.reason == "not_image"
+
+
 def _gif_head() -> bytes:
     """A GIF up to the end of its global palette."""
     gif = encode(photo((16, 16), 1), "GIF")
     return gif[:13 + (3 << ((gif[10] & 7) + 1))]
 
 
-@pytest.mark.parametrize("cut", ["header only", "extension introducer", "extension label"])
+@pytest.mark.parametrize("cut", ["header only", "extension introducer", "extension label", "palette end",
+                                 "extension end"])
 def test_a_gif_cut_short_before_its_image_is_not_an_image_not_a_crash(cut):
     """Cut at the last byte the structure check reads: before the palette flags (10 bytes), after an extension's
-    0x21, after its label."""
+    0x21, after its label; or cut cleanly, with no image and no trailer, after the palette or a whole extension."""
     head = _gif_head()
     data = {"header only": head[:10], "extension introducer": head + b"\x21",
-            "extension label": head + b"\x21\xfe"}[cut]
+            "extension label": head + b"\x21\xfe", "palette end": head,
+            "extension end": head + b"\x21\xfe\x01x\x00"}[cut]
     with pytest.raises(ImageRejected) as caught:
         open_upright_rgb(data)
     assert caught.value.reason == "not_image"
@@ -478,6 +543,24 @@ def test_gif_stray_bytes_before_the_image_are_counted_one_by_one(stray, reason):
         with pytest.raises(ImageRejected) as caught:
             open_upright_rgb(data)
         assert caught.value.reason == reason
+
+
+@pytest.mark.parametrize("blocks, reason", [(imaging.MAX_GIF_SUBBLOCKS - 1, None),
+                                           (imaging.MAX_GIF_SUBBLOCKS, "too_costly")])
+def test_gif_extension_blocks_before_the_image_are_counted_one_by_one(blocks, reason):
+    """An application extension (0x21 0xFF, not a comment) of one-byte blocks: its introducer is one step and each
+    block one more, so 9,999 blocks make the 10,000 steps allowed and 10,000 blocks one too many."""
+    head = _gif_head()
+    gif = encode(photo((16, 16), 1), "GIF")
+    data = head + b"\x21\xff" + b"\x01x" * blocks + b"\x00" + gif[len(head):]
+    if reason is None:
+        assert open_upright_rgb(data).size == (16, 16)
+    else:
+        with pytest.raises(ImageRejected) as caught:
+            open_upright_rgb(data)
+        assert caught.value.reason == reason
+        assert str(caught.value) == ("GIF with over 10,000 data blocks or stray bytes, or 1,000 of comments, before "
+                                     "its first image")
 
 
 def test_a_tiff_with_more_tags_than_any_real_one_is_refused_by_name():
@@ -506,6 +589,80 @@ def test_a_tiff_listing_more_strips_than_its_rows_make_is_refused():
         open_upright_rgb(data)
     assert caught.value.reason == "too_costly"
     assert str(caught.value) == "TIFF of 16x16 listing 2 pieces where it has 1"
+
+
+def _tiff_of(tags: list[tuple[int, int, int, int]], arrays: dict[int, bytes], payload: bytes) -> bytes:
+    """A little-endian TIFF with one directory of (tag, type, count, value) entries, SHORT (3) or LONG (4); a tag in
+    `arrays` points at its bytes, laid out after the directory; then `payload`."""
+    tags = sorted(tags)
+    ifd_end = 8 + 2 + 12 * len(tags) + 4
+    entries, tail = b"", b""
+    for tag, kind, count, value in tags:
+        if tag in arrays:
+            value, tail = ifd_end + len(tail), tail + arrays[tag]
+        entries += struct.pack("<HHI", tag, kind, count) + (struct.pack("<HH", value, 0) if kind == 3 else
+                                                            struct.pack("<I", value))
+    return b"II*\0" + struct.pack("<IH", 8, len(tags)) + entries + bytes(4) + tail + payload
+
+
+GREY_TAGS = [(258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1), (277, 3, 1, 1)]  # 8 bits, uncompressed, grey
+
+
+def _tiled_tiff(image=(32, 32), tile=(16, 16), tiles=4, pixels: Image.Image | None = None) -> bytes:
+    """A grey TIFF of `image` in tiles of `tile`, listing `tiles` tile offsets; each tile's bytes from `pixels`, cut
+    in tiles row by row, or zeros."""
+    size = tile[0] * tile[1]
+    if pixels is None:
+        payload = bytes(size * tiles)
+    else:
+        grid = np.asarray(pixels)
+        payload = b"".join(grid[r:r + tile[1], c:c + tile[0]].tobytes()
+                           for r in range(0, image[1], tile[1]) for c in range(0, image[0], tile[0]))
+    tags = [*GREY_TAGS, (256, 3, 1, image[0]), (257, 3, 1, image[1]), (322, 3, 1, tile[0]), (323, 3, 1, tile[1]),
+            (324, 4, tiles, 0), (325, 4, tiles, 0)]
+    start = 8 + 2 + 12 * len(tags) + 4 + 8 * tiles  # after the directory and both arrays
+    arrays = {324: struct.pack(f"<{tiles}I", *(start + size * n for n in range(tiles))),
+              325: struct.pack(f"<{tiles}I", *[size] * tiles)}
+    return _tiff_of(tags, arrays, payload)
+
+
+def test_a_tiff_in_tiles_is_kept_pixel_for_pixel():
+    """32x32 in four 16x16 tiles, uncompressed: Pillow makes a tile of each and reads back the pixels written."""
+    picture = photo((32, 32), 5).convert("L")
+    data = _tiled_tiff(pixels=picture)
+    assert len(Image.open(io.BytesIO(data)).tile) == 4
+    assert np.array_equal(np.asarray(open_upright_rgb(data).convert("L")), np.asarray(picture))
+
+
+def test_a_tiff_in_tiles_far_larger_than_the_image_is_refused_by_name():
+    """libtiff allocates whole tiles: one 4096x4096 tile (16,777,216 pixels) for a 16x16 image is over both 4 times
+    the image and 1,048,576."""
+    with pytest.raises(ImageRejected) as caught:
+        open_upright_rgb(_tiled_tiff(image=(16, 16), tile=(4096, 4096), tiles=1))
+    assert (caught.value.reason, str(caught.value)) == ("too_costly", "TIFF of 16x16 in tiles of 4096x4096")
+
+
+def test_a_tiff_with_no_image_width_has_no_tiles_to_list():
+    """ImageWidth (256) absent reads as 0: 0 tiles across, so two 16x16 tile offsets for 32 rows are refused."""
+    data = _tiled_tiff(image=(32, 32), tiles=2)
+    entry = data.index(struct.pack("<HHI", 256, 3, 1))
+    data = data[:entry] + struct.pack("<HHIHH", 0xFFFE, 3, 1, 32, 0) + data[entry + 12:]  # a private tag in its place
+    with pytest.raises(ImageRejected) as caught:
+        open_upright_rgb(data)
+    assert (caught.value.reason, str(caught.value)) == ("too_costly", "TIFF of 0x32 listing 2 pieces where it has 0")
+
+
+def test_a_tiff_with_no_planar_configuration_is_chunky():
+    """PlanarConfiguration (284) absent is 1, chunky (TIFF 6.0): an RGB image of 16 rows in one strip of 16 has one
+    piece, not one per sample, so three strip offsets are refused."""
+    tags = [(256, 3, 1, 16), (257, 3, 1, 16), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 2), (273, 4, 3, 0),
+            (277, 3, 1, 3), (278, 3, 1, 16), (279, 4, 3, 0)]
+    start = 8 + 2 + 12 * len(tags) + 4 + 24
+    data = _tiff_of(tags, {273: struct.pack("<3I", start, start, start), 279: struct.pack("<3I", 768, 0, 0)},
+                    bytes(768))
+    with pytest.raises(ImageRejected) as caught:
+        open_upright_rgb(data)
+    assert (caught.value.reason, str(caught.value)) == ("too_costly", "TIFF of 16x16 listing 3 pieces where it has 1")
 
 
 def test_a_float_image_spanning_all_of_float32_is_scaled_in_float64():
@@ -620,6 +777,8 @@ def _j2k_head(*, siz_at: int, image=(640, 480), offset=(0, 0), tile=(640, 480), 
     (_j2k_head(siz_at=40, tile=(640, 240)), 0),
     (_j2k_head(siz_at=40, offset=(40, 30), tile=(600, 450)), 3),  # one tile exactly covering the offset image
     (_j2k_head(siz_at=40)[:88], 0),  # COD found, its levels byte (at 82 + 9) cut off
+    # one tile exactly covering an image whose sizes need all 4 bytes: 8,388,608 rows offset by as many
+    (_j2k_head(siz_at=0, image=(4, 1 << 24), offset=(0, 1 << 23), tile=(4, 1 << 23)), 3),
 ])
 def test_jpeg_2000_levels_come_from_siz_and_cod(head, levels):
     assert imaging._j2k_levels_available(head) == levels
