@@ -306,15 +306,17 @@ def test_zero_workers_is_refused_before_downloading(image_server, tmp_path):
     assert str(err.value) == "workers is 0; pass --workers 1 or more"
 
 
-def test_temp_files_older_than_any_live_download_are_removed_and_newer_ones_kept(tmp_path):
+def test_temp_files_older_than_any_live_download_are_removed_and_newer_ones_kept(tmp_path, caplog):
     folder = tmp_path / "raw" / "x"
     folder.mkdir(parents=True)
     old, new = folder / "a.jpeg.1.part", folder / "b.jpeg.2.part"
     old.write_bytes(b"half"), new.write_bytes(b"half")
     age = CFG.deadline + 61  # download.STALE_MARGIN is 60 s past the deadline
     os.utime(old, (time.time() - age, time.time() - age))
-    download_all([], tmp_path, CFG)
+    with caplog.at_level(logging.INFO, logger="training.data.download"):
+        download_all([], tmp_path, CFG)
     assert (old.exists(), new.exists()) == (False, True)
+    assert caplog.messages == ["removed 1 unfinished download(s) left by a killed run"]
 
 
 def _closed_port() -> int:
