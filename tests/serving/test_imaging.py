@@ -8,19 +8,31 @@ import subprocess
 import sys
 import threading
 import warnings
+import zlib
 
 import numpy as np
 import pytest
 from PIL import Image, UnidentifiedImageError
 
 from serving import imaging
-from serving.imaging import MAX_DECODE_BYTES, ImageRejected, open_upright_rgb, resize_longest, sniff_non_image
+from serving.imaging import (
+    MAX_DECODE_BYTES,
+    MAX_PNG_CHUNKS,
+    MAX_PNG_EXTRA_CHUNKS,
+    ImageRejected,
+    open_upright_rgb,
+    resize_longest,
+    sniff_non_image,
+)
 from tests.image_corpus import (
     SIDE,
     corpus,
     encode,
     grey16,
+    iccp_bomb,
     photo,
+    png_chunk,
+    png_with_chunks,
     psd,
     psd_resource_flood,
     tiff,
@@ -376,6 +388,162 @@ def test_a_jpeg_frame_with_zero_sampling_factors_is_corrupt_not_a_crash():
     with pytest.raises(ImageRejected) as caught:
         open_upright_rgb(bytes(bogus))
     assert caught.value.reason == "corrupt"
+
+
+def _jpeg_segment(marker: int, body: bytes) -> bytes:
+    return bytes([0xFF, marker]) + struct.pack(">H", len(body) + 2) + body
+
+
+def _baseline_jpeg_in_three_scans(w: int = 64, h: int = 48) -> bytes:
+    """A baseline (SOF0) 4:2:0 JPEG whose three components each have a scan of their own (non-interleaved), so
+    that libjpeg keeps every coefficient, as for a progressive one. Written by hand (Pillow writes one scan): all
+    quantisers 1; DC differences in categories 0-11, each a 4-bit Huffman code; the AC table holds only the end of
+    block, code "0". Luma blocks cycle through 8 levels, chroma is neutral."""
+    dqt = _jpeg_segment(0xDB, b"\x00" + b"\x01" * 64)
+    sof = _jpeg_segment(0xC0, struct.pack(">BHHB", 8, h, w, 3) + bytes([1, 0x22, 0, 2, 0x11, 0, 3, 0x11, 0]))
+    dht = _jpeg_segment(0xC4, b"\x00" + bytes([0, 0, 0, 12] + [0] * 12) + bytes(range(12))
+                        + b"\x10" + bytes([1] + [0] * 15) + b"\x00")
+    scans = b""
+    for component, blocks in ((1, w // 8 * h // 8), (2, w // 16 * h // 16), (3, w // 16 * h // 16)):
+        bits, previous = "", 0
+        for block in range(blocks):
+            dc = (block % 8) * 100 - 350 if component == 1 else 0
+            diff, previous = dc - previous, dc
+            size = abs(diff).bit_length()
+            value = format(diff if diff >= 0 else diff + (1 << size) - 1, f"0{size}b") if size else ""
+            bits += format(size, "04b") + value + "0"
+        bits += "1" * (-len(bits) % 8)
+        entropy = int(bits, 2).to_bytes(len(bits) // 8, "big").replace(b"\xff", b"\xff\x00")
+        scans += _jpeg_segment(0xDA, bytes([1, component, 0x00, 0, 63, 0])) + entropy
+    return b"\xff\xd8" + dqt + sof + dht + scans + b"\xff\xd9"
+
+
+def test_a_baseline_jpeg_of_several_scans_is_budgeted_for_every_coefficient_of_its_frame(monkeypatch):
+    """SOF0 is a frame too: 64 * 48 * (1 + 1/4 + 1/4) * 2 bytes of coefficients besides the 4-byte RGB pixels."""
+    data = _baseline_jpeg_in_three_scans()
+    need = len(data) + 64 * 48 * 3 // 2 * 2 + 64 * 48 * 4
+    monkeypatch.setattr(imaging, "MAX_DECODE_BYTES", need)
+    assert open_upright_rgb(data).size == (64, 48)
+    monkeypatch.setattr(imaging, "MAX_DECODE_BYTES", need - 1)
+    with pytest.raises(ImageRejected, match=r"^JPEG of 64x48 would need about 0 MB to decode") as caught:
+        open_upright_rgb(data)
+    assert caught.value.reason == "too_costly"
+
+
+def test_a_baseline_jpeg_of_one_scan_is_budgeted_for_its_pixels_only(monkeypatch):
+    """libjpeg decodes one interleaved scan a row of blocks at a time: no coefficients kept, the file and the image
+    fit a budget of exactly their size."""
+    data = encode(photo((400, 300), 4), "JPEG", quality=80)
+    assert data.count(b"\xff\xda") == 1 and b"\xff\xc0" in data
+    monkeypatch.setattr(imaging, "MAX_DECODE_BYTES", len(data) + JPEG_IMAGE_BYTES)
+    assert open_upright_rgb(data).size == (400, 300)
+    monkeypatch.setattr(imaging, "MAX_DECODE_BYTES", len(data) + JPEG_IMAGE_BYTES - 1)
+    with pytest.raises(ImageRejected, match=r"^JPEG of 400x300 would need about 0 MB to decode"):
+        open_upright_rgb(data)
+
+
+@pytest.mark.parametrize("between", [b"\xff\xd0", b"\xff\xd7", b"\xff\x00", b"\xff\xff\xff", b"junk"],
+                         ids=["RST0", "RST7", "escaped 0xFF", "fill bytes", "stray bytes"])
+def test_jpeg_markers_without_a_length_fill_and_stray_bytes_are_stepped_over_to_the_frame(monkeypatch, between):
+    """Restart markers and 0xFF 0x00 carry no length, fill and stray bytes are one byte each (Pillow steps over all
+    of them): the frame header after them is still found, so the progressive JPEG is budgeted to the byte."""
+    data, sof = _progressive_jpeg_400x300()
+    data = data[:sof] + between + data[sof:]
+    need = len(data) + JPEG_COEFFICIENT_BYTES + JPEG_IMAGE_BYTES
+    monkeypatch.setattr(imaging, "MAX_DECODE_BYTES", need)
+    assert open_upright_rgb(data).size == (400, 300)
+    monkeypatch.setattr(imaging, "MAX_DECODE_BYTES", need - 1)
+    with pytest.raises(ImageRejected, match=r"^JPEG of 400x300 would need about 0 MB to decode"):
+        open_upright_rgb(data)
+
+
+def test_a_jpeg_tem_marker_has_no_length_either():
+    """TEM (0xFF 0x01), which Pillow doesn't accept, is still two bytes to the structure check, not a segment."""
+    data, sof = _progressive_jpeg_400x300()
+    assert imaging._check_jpeg(data[:sof] + b"\xff\x01" + data[sof:]).extra_bytes == JPEG_COEFFICIENT_BYTES
+
+
+def test_a_lossless_jpeg_is_refused_by_name():
+    data = encode(photo((64, 48), 5), "JPEG")
+    lossless = data.replace(b"\xff\xc0", b"\xff\xc3", 1)  # SOF3: the same frame header, lossless coding
+    with pytest.raises(ImageRejected) as caught:
+        open_upright_rgb(lossless)
+    assert (caught.value.reason, str(caught.value)) == ("not_image", "a lossless JPEG, which this demo doesn't read")
+
+
+def _tiff_directory(tags: int) -> bytes:
+    """A little-endian TIFF header and one directory of `tags` SHORT entries, each value inline."""
+    entries = b"".join(struct.pack("<HHIHH", 0x100 + tag, 3, 1, tag, 0) for tag in range(tags))
+    return b"II*\0" + struct.pack("<I", 8) + struct.pack("<H", tags) + entries + struct.pack("<I", 0)
+
+
+def test_a_jpeg_multi_picture_index_with_more_entries_than_any_real_one_is_refused():
+    data = encode(photo((64, 48), 6), "JPEG")
+    mpf = _jpeg_segment(0xE2, b"MPF\0" + _tiff_directory(65))
+    with pytest.raises(ImageRejected) as caught:
+        open_upright_rgb(data[:2] + mpf + data[2:])
+    assert (caught.value.reason, str(caught.value)) == ("too_costly", "JPEG multi-picture index with 65 tags, over 64")
+
+
+def test_only_app2_holds_a_multi_picture_index():
+    """The same bytes in a comment are a comment: Pillow doesn't parse them, so they cost nothing."""
+    data = encode(photo((64, 48), 6), "JPEG")
+    comment = _jpeg_segment(0xFE, b"MPF\0" + _tiff_directory(65))
+    assert open_upright_rgb(data[:2] + comment + data[2:]).size == (64, 48)
+
+
+def test_png_profiles_one_is_kept_and_a_second_refused_at_its_chunk():
+    """The message counts chunks one by one: IHDR and two iCCP, the second starting after the signature (8 bytes),
+    IHDR (25) and the first iCCP."""
+    img = photo((64, 48), 8)
+    assert open_upright_rgb(iccp_bomb(img, profiles=1)).size == (64, 48)
+    profile = png_chunk(b"iCCP", b"icc\x00\x00" + zlib.compress(b"\x00" * 100_000))
+    with pytest.raises(ImageRejected) as caught:
+        open_upright_rgb(iccp_bomb(img, profiles=2))
+    assert caught.value.reason == "too_costly"
+    assert str(caught.value) == f"PNG with 3 chunks (3 not image data, 2 colour profiles) at byte {33 + len(profile):,}"
+
+
+def test_png_chunks_up_to_the_limit_are_kept_and_one_more_refused():
+    png = encode(photo((64, 48), 8), "PNG")
+    assert png[-12:] == png_chunk(b"IEND", b"")
+    head, idat = png[:33], png[33:-12]  # signature and IHDR; the IDAT Pillow wrote
+    empty = png_chunk(b"IDAT", b"")
+    at_limit = head + empty * (MAX_PNG_CHUNKS - 3) + idat + png[-12:]  # IHDR, the IDATs, IEND
+    imaging._check_png(at_limit)
+    with pytest.raises(ImageRejected, match=f"^PNG with {MAX_PNG_CHUNKS + 1:,} chunks") as caught:
+        imaging._check_png(head + empty * (MAX_PNG_CHUNKS - 2) + idat + png[-12:])
+    assert caught.value.reason == "too_costly"
+
+
+def test_a_png_ending_right_after_its_last_allowed_chunk_is_kept():
+    """No IEND, and exactly MAX_PNG_EXTRA_CHUNKS chunks that are not image data (IHDR and tEXt) before the IDAT:
+    the count stops at the end of the file, so it is kept (Pillow reads it whole)."""
+    png = png_with_chunks(photo((64, 48), 9), [png_chunk(b"tEXt", b"k\x00v")] * (MAX_PNG_EXTRA_CHUNKS - 1))
+    assert open_upright_rgb(png[:-12]).size == (64, 48)
+
+
+def _apng(frames: int) -> bytes:
+    """An animated PNG of `frames` 16x16 frames: fcTL before each, the first frame's data in IDAT, the others' in
+    fdAT (sequence numbers counting both from 0, as the APNG specification asks)."""
+    png = encode(photo((16, 16), 10), "PNG")
+    head, idat, iend = png[:33], png[33:-12], png[-12:]
+    pixels = idat[8:-4]
+
+    def control(seq: int) -> bytes:
+        return png_chunk(b"fcTL", struct.pack(">IIIIIHHBB", seq, 16, 16, 0, 0, 1, 10, 0, 0))
+
+    frames_after = b"".join(control(2 * k - 1) + png_chunk(b"fdAT", struct.pack(">I", 2 * k) + pixels)
+                            for k in range(1, frames))
+    return head + png_chunk(b"acTL", struct.pack(">II", frames, 0)) + control(0) + idat + frames_after + iend
+
+
+def test_an_apngs_frames_are_image_data_not_extra_chunks():
+    """As many frames as extra chunks allowed: 1,000 fcTL and 999 fdAT, none counted against the limit."""
+    data = _apng(MAX_PNG_EXTRA_CHUNKS)
+    assert data.count(b"fcTL") == MAX_PNG_EXTRA_CHUNKS and data.count(b"fdAT") == MAX_PNG_EXTRA_CHUNKS - 1
+    assert Image.open(io.BytesIO(data)).n_frames == MAX_PNG_EXTRA_CHUNKS
+    assert open_upright_rgb(data).size == (16, 16)
 
 
 def _bitmap_icon(sizes=((64, 64),)) -> bytes:
