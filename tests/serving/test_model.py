@@ -211,6 +211,19 @@ def test_broken_folders_raise_model_folder_error(tiny_model, tmp_path, names, ed
     assert isinstance(err.value, ValueError)
 
 
+def test_a_model_whose_input_disagrees_with_config_is_named_by_its_path(tiny_model, tmp_path):
+    folder = _copy(tiny_model.folder, tmp_path / "m", "model.onnx", "config.json")
+    _edit_config(folder, preprocess__crop=32)
+    with pytest.raises(ModelFolderError) as err:
+        Classifier.from_folder(folder)
+    assert str(err.value).startswith(f"{folder / 'model.onnx'} takes input of shape ")
+
+
+@pytest.mark.parametrize("precision", ["float32", "int8"])
+def test_the_classifier_says_which_model_it_runs(tiny_model, precision):
+    assert Classifier.from_folder(tiny_model.folder, precision=precision).precision == precision
+
+
 def _spec(**changes) -> dict:
     """A usable `preprocess` section with `changes`; a change to None drops the key."""
     spec = {"resize": 256, "crop": 224, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], **changes}
