@@ -220,8 +220,11 @@ def test_a_model_whose_input_disagrees_with_config_is_named_by_its_path(tiny_mod
 
 
 @pytest.mark.parametrize("precision", ["float32", "int8"])
-def test_the_classifier_says_which_model_it_runs(tiny_model, precision):
-    assert Classifier.from_folder(tiny_model.folder, precision=precision).precision == precision
+def test_the_classifier_says_which_model_it_runs_and_uses_its_threshold(tiny_model, precision):
+    clf = Classifier.from_folder(tiny_model.folder, precision=precision)
+    section = json.loads((tiny_model.folder / "config.json").read_text())["novelty"]
+    assert clf.precision == precision
+    assert clf.novelty.threshold == (section["threshold"] if precision == "float32" else section["int8"]["threshold"])
 
 
 def _spec(**changes) -> dict:
