@@ -355,17 +355,21 @@ def _progressive_jpeg_400x300() -> tuple[bytes, int]:
 JPEG_COEFFICIENT_BYTES, JPEG_IMAGE_BYTES = 400 * 300 * 3 // 2 * 2, 400 * 300 * 4
 
 
+def _decoded_at_exactly(monkeypatch, data: bytes, need: int, size: tuple[int, int]) -> None:
+    """Kept with a decode budget of exactly `need` bytes; refused as too costly, by name, with one byte less."""
+    monkeypatch.setattr(imaging, "MAX_DECODE_BYTES", need)
+    assert open_upright_rgb(data).size == size
+    monkeypatch.setattr(imaging, "MAX_DECODE_BYTES", need - 1)
+    with pytest.raises(ImageRejected, match=rf"^JPEG of {size[0]}x{size[1]} would need about 0 MB to decode") as caught:
+        open_upright_rgb(data)
+    assert caught.value.reason == "too_costly"
+
+
 def test_a_progressive_jpeg_is_budgeted_for_every_coefficient_of_its_frame(monkeypatch):
     """The memory estimate, to the byte: the file, the coefficients, the image. At exactly the budget it is decoded;
     one byte under, refused."""
     data, _ = _progressive_jpeg_400x300()
-    need = len(data) + JPEG_COEFFICIENT_BYTES + JPEG_IMAGE_BYTES
-    monkeypatch.setattr(imaging, "MAX_DECODE_BYTES", need)
-    assert open_upright_rgb(data).size == (400, 300)
-    monkeypatch.setattr(imaging, "MAX_DECODE_BYTES", need - 1)
-    with pytest.raises(ImageRejected, match=r"^JPEG of 400x300 would need about 0 MB to decode") as caught:
-        open_upright_rgb(data)
-    assert caught.value.reason == "too_costly"
+    _decoded_at_exactly(monkeypatch, data, len(data) + JPEG_COEFFICIENT_BYTES + JPEG_IMAGE_BYTES, (400, 300))
 
 
 def test_a_jpeg_frame_header_is_read_for_the_components_it_declares_only(monkeypatch):
@@ -421,13 +425,7 @@ def _baseline_jpeg_in_three_scans(w: int = 64, h: int = 48) -> bytes:
 def test_a_baseline_jpeg_of_several_scans_is_budgeted_for_every_coefficient_of_its_frame(monkeypatch):
     """SOF0 is a frame too: 64 * 48 * (1 + 1/4 + 1/4) * 2 bytes of coefficients besides the 4-byte RGB pixels."""
     data = _baseline_jpeg_in_three_scans()
-    need = len(data) + 64 * 48 * 3 // 2 * 2 + 64 * 48 * 4
-    monkeypatch.setattr(imaging, "MAX_DECODE_BYTES", need)
-    assert open_upright_rgb(data).size == (64, 48)
-    monkeypatch.setattr(imaging, "MAX_DECODE_BYTES", need - 1)
-    with pytest.raises(ImageRejected, match=r"^JPEG of 64x48 would need about 0 MB to decode") as caught:
-        open_upright_rgb(data)
-    assert caught.value.reason == "too_costly"
+    _decoded_at_exactly(monkeypatch, data, len(data) + 64 * 48 * 3 // 2 * 2 + 64 * 48 * 4, (64, 48))
 
 
 def test_a_baseline_jpeg_of_one_scan_is_budgeted_for_its_pixels_only(monkeypatch):
@@ -435,11 +433,7 @@ def test_a_baseline_jpeg_of_one_scan_is_budgeted_for_its_pixels_only(monkeypatch
     fit a budget of exactly their size."""
     data = encode(photo((400, 300), 4), "JPEG", quality=80)
     assert data.count(b"\xff\xda") == 1 and b"\xff\xc0" in data
-    monkeypatch.setattr(imaging, "MAX_DECODE_BYTES", len(data) + JPEG_IMAGE_BYTES)
-    assert open_upright_rgb(data).size == (400, 300)
-    monkeypatch.setattr(imaging, "MAX_DECODE_BYTES", len(data) + JPEG_IMAGE_BYTES - 1)
-    with pytest.raises(ImageRejected, match=r"^JPEG of 400x300 would need about 0 MB to decode"):
-        open_upright_rgb(data)
+    _decoded_at_exactly(monkeypatch, data, len(data) + JPEG_IMAGE_BYTES, (400, 300))
 
 
 @pytest.mark.parametrize("between", [b"\xff\xd0", b"\xff\xd7", b"\xff\x00", b"\xff\xff\xff", b"junk"],
@@ -449,12 +443,7 @@ def test_jpeg_markers_without_a_length_fill_and_stray_bytes_are_stepped_over_to_
     of them): the frame header after them is still found, so the progressive JPEG is budgeted to the byte."""
     data, sof = _progressive_jpeg_400x300()
     data = data[:sof] + between + data[sof:]
-    need = len(data) + JPEG_COEFFICIENT_BYTES + JPEG_IMAGE_BYTES
-    monkeypatch.setattr(imaging, "MAX_DECODE_BYTES", need)
-    assert open_upright_rgb(data).size == (400, 300)
-    monkeypatch.setattr(imaging, "MAX_DECODE_BYTES", need - 1)
-    with pytest.raises(ImageRejected, match=r"^JPEG of 400x300 would need about 0 MB to decode"):
-        open_upright_rgb(data)
+    _decoded_at_exactly(monkeypatch, data, len(data) + JPEG_COEFFICIENT_BYTES + JPEG_IMAGE_BYTES, (400, 300))
 
 
 def test_a_jpeg_tem_marker_has_no_length_either():
