@@ -11,7 +11,6 @@ import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import pytest
 
 from tests.image_corpus import corpus
 from tests.image_server import good_urls
+from tests.live_app import free_port
 from training.config import Config
 from training.data import download
 from training.data.download import SNIFF_BYTES, Fetched, _ip, _public_only, _retry_after, _sniff, download_all
@@ -255,7 +255,7 @@ def test_the_summary_counts_every_byte_and_every_outcome(image_server, tmp_path,
 def test_each_refusal_is_one_debug_line_saying_why(image_server, tmp_path, caplog):
     paths = ("/bad/404.jpg", "/bad/empty.jpg", "/bad/short.jpg", "/bad/html.jpg", "/big/huge.jpg",
              "/flaky/429-long.jpg", "/slow/drip.jpg", "/flaky/500-then-200.jpg")
-    urls = [image_server.url(path) for path in paths] + ["http:///x.jpg", f"http://127.0.0.1:{_closed_port()}/x.jpg"]
+    urls = [image_server.url(path) for path in paths] + ["http:///x.jpg", f"http://127.0.0.1:{free_port()}/x.jpg"]
     image_server.reset()
     with caplog.at_level(logging.DEBUG, logger="training.data.download"):
         download_all([("x", url) for url in urls], tmp_path, CFG, allow_address=loopback)
@@ -272,7 +272,7 @@ def test_each_refusal_is_one_debug_line_saying_why(image_server, tmp_path, caplo
 
 
 def test_a_closed_port_is_a_connection_error(tmp_path):
-    url = f"http://127.0.0.1:{_closed_port()}/x.jpg"
+    url = f"http://127.0.0.1:{free_port()}/x.jpg"
     assert download_all([("x", url)], tmp_path, CFG, allow_address=loopback) == [
         Fetched("x", url, "failed", "connection_error", "")]
 
@@ -280,7 +280,7 @@ def test_a_closed_port_is_a_connection_error(tmp_path):
 def test_a_proxy_from_the_environment_is_never_used(image_server, tmp_path, monkeypatch):
     """A proxy would make connections the address check never sees; this one does not even listen."""
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "all_proxy"):
-        monkeypatch.setenv(name, f"http://127.0.0.1:{_closed_port()}")
+        monkeypatch.setenv(name, f"http://127.0.0.1:{free_port()}")
     [fetched] = download_all([("x", image_server.url("/good/proxy/0.jpg"))], tmp_path, CFG, allow_address=loopback)
     assert fetched.status == "ok"
 
@@ -317,13 +317,6 @@ def test_temp_files_older_than_any_live_download_are_removed_and_newer_ones_kept
         download_all([], tmp_path, CFG)
     assert (old.exists(), new.exists()) == (False, True)
     assert caplog.messages == ["removed 1 unfinished download(s) left by a killed run"]
-
-
-def _closed_port() -> int:
-    """A loopback port nothing listens on (bound, then closed)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_backoff_doubles_with_jitter_and_retry_after_is_taken_up_to_the_limit():

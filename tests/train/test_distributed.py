@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from serving.model import Classifier
+from tests.live_app import free_port
 from tests.tiny_model import PER_LABEL, SHAPES, make_images
 from training.train import distributed
 
@@ -157,11 +157,8 @@ def test_exit_process_ends_a_process_in_a_group_with_its_code_and_output_flushed
               "logging.getLogger('t').info('logged')\n"
               "distributed.exit_process(7)\n"
               "print('not reached')\n")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
-    run = subprocess.run([sys.executable, "-c", script, str(port)], cwd=tmp_path, env=env, capture_output=True,
-                         text=True, timeout=120)
+    run = subprocess.run([sys.executable, "-c", script, str(free_port())], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)
     assert run.returncode == 7, run.stderr[-2000:]
     assert run.stdout == "printed" and "INFO:t:logged" in run.stderr
