@@ -556,7 +556,9 @@ def _strip_converter(img: Image.Image):
         return lambda strip: _on_white(_scaled(strip, lo, hi), _key_mask(strip, key))
     if img.mode == "P" and "transparency" in img.info:
         return lambda strip: _on_white(strip.convert("RGBA"), None)
-    if img.mode in ("RGBA", "LA", "La", "RGBa", "PA") or (key is not None and img.mode in ("1", "L", "RGB")):
+    if img.mode == "La":  # premultiplied grey (an image given open): Pillow converts it to LA and nothing else
+        return lambda strip: _on_white(strip.convert("LA").convert("RGBA"), None)
+    if img.mode in ("RGBA", "LA", "RGBa", "PA") or (key is not None and img.mode in ("1", "L", "RGB")):
         return lambda strip: _on_white(strip.convert("RGBA"), None)  # Pillow turns a colour key into alpha
     return None if img.mode == "RGB" else lambda strip: strip.convert("RGB")
 

@@ -152,6 +152,26 @@ def test_every_kind_of_transparency_lands_on_white(name):
     assert corner.min() >= 245, corner.min()
 
 
+def test_a_grey_png_with_a_colour_key_lands_on_white():
+    """8-bit grey with a tRNS key of 0 (the corpus has 16-bit grey): the black corner comes out white."""
+    grey = photo((120, 90), 9).convert("L").point(lambda v: max(v, 1))  # no 0 but the corner's
+    grey.paste(0, (0, 0, 60, 45))
+    img = np.asarray(open_upright_rgb(encode(grey, "PNG", transparency=0)))
+    assert (img[:45, :60] == 255).all()
+    assert np.array_equal(img[45:, 60:, 0], np.asarray(grey)[45:, 60:])
+
+
+@pytest.mark.parametrize("premultiplied", ["RGBa", "La"])
+def test_a_premultiplied_image_given_open_lands_on_white(premultiplied):
+    """Pillow's premultiplied modes (an image handed over open, never a file's): the transparent corner is white,
+    the opaque rest its own colour."""
+    rgba = with_transparent_corner(photo((120, 90), 10))
+    plain = rgba if premultiplied == "RGBa" else rgba.convert("LA")
+    expected = np.asarray(plain.convert("RGB" if premultiplied == "RGBa" else "L").convert("RGB")).copy()
+    expected[:45, :60] = 255
+    assert np.array_equal(np.asarray(open_upright_rgb(plain.convert(premultiplied))), expected)
+
+
 def test_sixteen_bit_images_are_scaled_by_the_range_they_use():
     """7200..8200 of 0..65535: dividing by 257 gave a flat grey of 28..32; the range used maps to 0..255."""
     grey = grey16(3, 7200, 8200)
@@ -304,22 +324,23 @@ def test_pillows_own_error_log_for_a_file_is_a_note_not_an_error(tmp_path):
     assert line.startswith("DEBUG:serving.imaging:visitor.tif: the decoder said:")
 
 
-@pytest.mark.parametrize("options, kept", [({}, True), ({"subsampling": "4:4:4"}, False), ({"alpha": True}, False)])
-def test_avif_memory_is_estimated_from_its_colour_planes(monkeypatch, options, kept):
-    """libavif holds about 10 bytes a pixel for 4:2:0 colour, 14 for 4:4:4 and 20 with alpha (measured): with a
-    budget of 12.5 bytes a pixel for this picture, only the first fits."""
-    import serving.imaging as imaging
-
+@pytest.mark.parametrize("kind, options, budget_mb, kept", [
+    ("AVIF", {}, 15, True), ("AVIF", {"subsampling": "4:4:4"}, 15, False), ("AVIF", {"alpha": True}, 20, False),
+    ("HEIF", {}, 15, True), ("HEIF", {"alpha": True}, 20, False)])
+def test_avif_and_heif_memory_is_estimated_from_their_planes(monkeypatch, kind, options, budget_mb, kept):
+    """libavif holds about 10 bytes a pixel for 4:2:0 colour, 14 for 4:4:4 and 20 with alpha; libheif 10, and 20
+    with alpha (measured, with margin). For 1200x1000: 12 MB, 16.8 MB, and with alpha 24 MB plus the 4.8 MB RGB
+    copy an RGBA image needs. A budget of 15 MB keeps only the first; 20 MB still refuses alpha."""
     options = dict(options)  # parametrize hands each run the same dict; a rerun in one process must see it whole
     img = photo((1200, 1000), 7)
     if options.pop("alpha", False):
         img = with_transparent_corner(img)
-    data = encode(img, "AVIF", quality=50, speed=10, **options)
-    monkeypatch.setattr(imaging, "MAX_DECODE_BYTES", 15_000_000)
+    data = encode(img, kind, quality=50, **({"speed": 10} if kind == "AVIF" else {}), **options)
+    monkeypatch.setattr(imaging, "MAX_DECODE_BYTES", budget_mb * 1_000_000)
     if kept:
         assert open_upright_rgb(io.BytesIO(data)).size == (1200, 1000)
     else:
-        with pytest.raises(ImageRejected, match=r"AVIF of 1200x1000 would need about \d+ MB to decode") as caught:
+        with pytest.raises(ImageRejected, match=rf"{kind} of 1200x1000 would need about \d+ MB to decode") as caught:
             open_upright_rgb(io.BytesIO(data))
         assert caught.value.reason == "too_costly"
 
@@ -355,14 +376,22 @@ def _progressive_jpeg_400x300() -> tuple[bytes, int]:
 JPEG_COEFFICIENT_BYTES, JPEG_IMAGE_BYTES = 400 * 300 * 3 // 2 * 2, 400 * 300 * 4
 
 
-def _decoded_at_exactly(monkeypatch, data: bytes, need: int, size: tuple[int, int]) -> None:
+def _decoded_at_exactly(monkeypatch, data: bytes, need: int, size: tuple[int, int], kind: str = "JPEG") -> None:
     """Kept with a decode budget of exactly `need` bytes; refused as too costly, by name, with one byte less."""
     monkeypatch.setattr(imaging, "MAX_DECODE_BYTES", need)
     assert open_upright_rgb(data).size == size
     monkeypatch.setattr(imaging, "MAX_DECODE_BYTES", need - 1)
-    with pytest.raises(ImageRejected, match=rf"^JPEG of {size[0]}x{size[1]} would need about 0 MB to decode") as caught:
+    with pytest.raises(ImageRejected, match=rf"^{kind} of {size[0]}x{size[1]} would need about {need // 1_000_000} MB "
+                                            "to decode") as caught:
         open_upright_rgb(data)
     assert caught.value.reason == "too_costly"
+
+
+def test_a_grey_png_is_budgeted_at_one_byte_a_pixel_and_its_rgb_copy(monkeypatch):
+    """Decoded grey holds 1 byte a pixel; turning it into RGB makes a copy of 4 (Pillow's RGB): 1000x1000 needs the
+    file, 1,000,000 and 4,000,000 bytes."""
+    data = encode(photo((1000, 1000), 8).convert("L"), "PNG")
+    _decoded_at_exactly(monkeypatch, data, len(data) + 1_000_000 + 4_000_000, (1000, 1000), kind="PNG")
 
 
 def test_a_progressive_jpeg_is_budgeted_for_every_coefficient_of_its_frame(monkeypatch):
@@ -718,6 +747,23 @@ def test_gif_extension_blocks_before_the_image_are_counted_one_by_one(blocks, re
         assert caught.value.reason == reason
         assert str(caught.value) == ("GIF with over 10,000 data blocks or stray bytes, or 1,000 of comments, before "
                                      "its first image")
+
+
+def test_tiff_tags_are_counted_by_the_bytes_they_point_at_outside_the_directory():
+    """A 100-byte TIFF whose ImageDescription points at 100 bytes is kept: values held inside an entry (4 bytes of
+    LONG; 4 of a type TIFF doesn't define, one byte each) point at nothing. At 101 bytes it is refused by name."""
+    def blob(pointed: int) -> bytes:
+        entries = (struct.pack("<HHII", 0x10E, 2, pointed, 50)  # ASCII: one byte a value, at offset 50
+                   + struct.pack("<HHII", 0x100, 4, 1, 7)  # LONG: 4 bytes, inline
+                   + bytes.fromhex("f0ff 6300 04000000 abcdef01"))  # tag 0xFFF0 of type 99: 4 values, inline
+        head = b"II*\0" + struct.pack("<IH", 8, 3) + entries + bytes(4)
+        return head + bytes(100 - len(head))
+
+    assert imaging._check_directory(blob(100), 1000, "TIFF") == {0x10E: (100, 50), 0x100: (1, 7), 0xFFF0: (4, 0xAB)}
+    with pytest.raises(ImageRejected) as caught:
+        imaging._check_directory(blob(101), 1000, "TIFF")
+    assert (caught.value.reason, str(caught.value)) == ("too_costly",
+                                                        "TIFF whose tags point at 101 bytes, more than its 100")
 
 
 def test_a_tiff_with_more_tags_than_any_real_one_is_refused_by_name():
