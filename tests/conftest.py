@@ -65,6 +65,17 @@ def _module_fixtures(item) -> set[tuple[str, str]]:
             if defs.get(name) and defs[name][-1].scope in ("module", "class")}
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _mutmut_removes_its_temporary_folders(tmp_path_factory):
+    """Under mutmut, delete this session's temporary folders as it ends. mutmut ends each mutant's process with
+    os._exit, which skips the exit handlers: ours (ORT_CACHE_DIR, above) and the one that lets a later pytest
+    delete old sessions' folders. A few hundred mutants' copies of the tiny model filled the disk."""
+    yield
+    if "MUTANT_UNDER_TEST" in os.environ:
+        shutil.rmtree(tmp_path_factory.getbasetemp(), ignore_errors=True)
+        shutil.rmtree(os.environ["ORT_CACHE_DIR"], ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def image_server():
     """One loopback image server for the whole run; tests that count hits call reset() first."""
