@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+import os
 import random
 import shutil
 import subprocess
@@ -14,7 +16,9 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
+from serving import model
 from serving.model import Classifier, ModelFolderError, Preprocess, softmax
+from serving.novelty import FEATURES_FILE
 from tests.tiny_model import draw_shape
 
 REPO = Path(__file__).resolve().parents[2]
@@ -225,6 +229,58 @@ def test_the_classifier_says_which_model_it_runs_and_uses_its_threshold(tiny_mod
     section = json.loads((tiny_model.folder / "config.json").read_text())["novelty"]
     assert clf.precision == precision
     assert clf.novelty.threshold == (section["threshold"] if precision == "float32" else section["int8"]["threshold"])
+
+
+@pytest.mark.parametrize("cached", [False, True], ids=["optimized_in_memory", "optimized_copy"])
+def test_the_session_uses_every_core_it_may_one_request_at_a_time_without_spinning(tiny_model, tmp_path, cached):
+    """The settings bench/app.py measured: the convolutions get every core this process may use (its affinity,
+    not the machine's count), one inter-op thread, pool threads that sleep rather than spin; every graph
+    optimisation in memory, none on the cached copy, which is optimised already."""
+    clf = Classifier.from_folder(tiny_model.folder, cache_dir=tmp_path if cached else None)
+    options = clf.session.get_session_options()
+    assert options.intra_op_num_threads == len(os.sched_getaffinity(0))
+    assert options.inter_op_num_threads == 1
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.graph_optimization_level == (ort.GraphOptimizationLevel.ORT_DISABLE_ALL if cached
+                                                else ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    assert list(tmp_path.glob("*.onnx")) if cached else not list(tmp_path.iterdir())
+
+
+def test_without_a_cpu_affinity_the_session_uses_every_cpu(monkeypatch):
+    """macOS and Windows have no os.sched_getaffinity: every CPU the machine has."""
+    monkeypatch.delattr(os, "sched_getaffinity")
+    assert model._cpu_count() == os.cpu_count()
+
+
+def test_loading_says_what_serves_in_one_line(tiny_model, caplog):
+    caplog.set_level(logging.INFO, logger="serving.model")
+    Classifier.from_folder(tiny_model.folder)
+    config = json.loads((tiny_model.folder / "config.json").read_text())
+    bank = np.load(tiny_model.folder / FEATURES_FILE)
+    assert [r.getMessage() for r in caplog.records if r.name == "serving.model"] == [
+        f"loaded {tiny_model.folder / 'model.onnx'}: {len(config['labels'])} labels, "
+        f"{config['preprocess']['crop']}px input, float32, novelty check over {len(bank):,} training images"]
+
+
+def test_a_model_without_a_features_output_serves_without_the_check_and_says_why(tiny_model, tmp_path, caplog):
+    """An older model.onnx has the logits only: the folder's features file can't be matched to it."""
+    import onnx
+
+    folder = _copy(tiny_model.folder, tmp_path / "m", "config.json", FEATURES_FILE)
+    logits_only = onnx.load(tiny_model.folder / "model.onnx")
+    assert [o.name for o in logits_only.graph.output] == ["logits", "features"]
+    del logits_only.graph.output[1]
+    onnx.save(logits_only, folder / "model.onnx")
+    caplog.set_level(logging.INFO, logger="serving.model")
+    clf = Classifier.from_folder(folder)
+    example = sorted((tiny_model.folder / "examples").glob("*"))[0]
+    assert clf.novelty is None and clf.judge(example).in_domain is None
+    width = np.load(folder / FEATURES_FILE).shape[1]
+    assert [r.getMessage() for r in caplog.records if r.name == "serving.model"] == [
+        f"serving without the 'none of these' check: {folder / FEATURES_FILE} holds features of {width} values, "
+        "but model.onnx has no features output; the two come from different models (retrain, or delete "
+        "config.json's `novelty` section)",
+        f"loaded {folder / 'model.onnx'}: 3 labels, 64px input, float32, no novelty check"]
 
 
 def _spec(**changes) -> dict:
