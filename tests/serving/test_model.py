@@ -215,6 +215,46 @@ def test_broken_folders_raise_model_folder_error(tiny_model, tmp_path, names, ed
     assert isinstance(err.value, ValueError)
 
 
+@pytest.mark.parametrize("names, precision, message", [
+    ((), "float32", "no model folder at {folder}; run `python -m training train` to make one"),
+    (("config.json",), "float32",
+     "{folder} has no model.onnx; run `python -m training train` to write a complete model folder"),
+    (("config.json", "model.onnx"), "int8", "{folder} has no model.int8.onnx; `python -m training train` (or `convert "
+                                            "--data`) writes it, or serve model.onnx with SERVE_PRECISION=float32"),
+    (("model.int8.onnx",), "int8",
+     "{folder} has no config.json; run `python -m training train` to write a complete model folder"),
+    (("export.pkl",), "float32", "{folder} has no model.onnx or config.json; run `python -m training convert "
+                                 "{folder}/export.pkl --out {folder}` to write model.onnx and config.json"),
+])
+def test_a_folder_missing_a_file_says_which_and_how_to_make_it(tiny_model, tmp_path, names, precision, message):
+    folder = _copy(tiny_model.folder, tmp_path / "m", *names) if names else tmp_path / "m"
+    with pytest.raises(ModelFolderError) as err:
+        Classifier.from_folder(folder, precision=precision)
+    assert str(err.value) == message.format(folder=folder)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda config: "{labels:", "{path} is not valid JSON (Expecting property name enclosed in double quotes: line 1 "
+                                "column 2 (char 1)); re-export the model folder"),
+    (lambda config: {**config, "format_version": 99}, "{path} has format_version 99, this app reads {version}; "
+                                                      "re-export the model folder with this version of the project"),
+    (lambda config: [config], "{path} has format_version 'list', this app reads {version}; re-export the model "
+                              "folder with this version of the project"),
+    (lambda config: {**config, "labels": ["a", "a"]}, "{path}: `labels` must be a non-empty list of distinct strings, "
+                                                      "got ['a', 'a']; re-export the model folder"),
+    (lambda config: {k: v for k, v in config.items() if k != "preprocess"},
+     "{path} has no `preprocess` section; re-export the model folder"),
+])
+def test_a_bad_config_json_is_named_by_its_path_with_what_to_do(tiny_model, tmp_path, edit, message):
+    folder = _copy(tiny_model.folder, tmp_path / "m", "model.onnx", "config.json")
+    config = json.loads((folder / "config.json").read_text())
+    edited = edit(config)
+    (folder / "config.json").write_text(edited if isinstance(edited, str) else json.dumps(edited))
+    with pytest.raises(ModelFolderError) as err:
+        Classifier.from_folder(folder)
+    assert str(err.value) == message.format(path=folder / "config.json", version=config["format_version"])
+
+
 def test_a_model_whose_input_disagrees_with_config_is_named_by_its_path(tiny_model, tmp_path):
     folder = _copy(tiny_model.folder, tmp_path / "m", "model.onnx", "config.json")
     _edit_config(folder, preprocess__crop=32)
