@@ -263,6 +263,19 @@ def test_a_model_whose_input_disagrees_with_config_is_named_by_its_path(tiny_mod
     assert str(err.value).startswith(f"{folder / 'model.onnx'} takes input of shape ")
 
 
+def test_a_classifier_made_from_a_session_alone_is_float32_and_calls_its_model_model_onnx(tiny_model):
+    """Classifier(session, config) without a folder: no novelty check, and errors name the file as model.onnx."""
+    session = ort.InferenceSession(str(tiny_model.folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    config = json.loads((tiny_model.folder / "config.json").read_text())
+    clf = Classifier(session, config)
+    assert (clf.precision, clf.novelty, clf.folder) == ("float32", None, None)
+    config["preprocess"]["crop"] = 32
+    with pytest.raises(ModelFolderError) as err:
+        Classifier(session, config)
+    assert str(err.value) == ("model.onnx takes input of shape ['batch', 3, 64, 64], but config.json says [N, 3, 32, "
+                              "32]; the two files come from different exports, re-export the model folder")
+
+
 @pytest.mark.parametrize("precision", ["float32", "int8"])
 def test_the_classifier_says_which_model_it_runs_and_uses_its_threshold(tiny_model, precision):
     clf = Classifier.from_folder(tiny_model.folder, precision=precision)
