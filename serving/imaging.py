@@ -159,12 +159,9 @@ def open_upright_rgb(source: ImageSource, *, max_pixels: int = MAX_PIXELS, min_s
         if img.width * img.height > max_pixels:  # checked from the header for files; here for an image given open
             raise ImageRejected("too_many_pixels",
                                 f"image is {img.width}x{img.height}, over the {max_pixels:,}-pixel cap")
-        try:
-            rgb = _upright(_to_rgb(img, _reduce_factor(img.size, shrink_to)), _orientation(img))
-        except ImageRejected:
-            raise
-        except (OSError, ValueError) as exc:  # a mode Pillow can't convert (LAB, say), or data that breaks on use
-            raise ImageRejected("corrupt", f"the {img.mode} image can't be turned into RGB: {exc}") from exc
+        if img is source:
+            _pillow(img.load)  # Image.open reads pixels only when asked: a broken file given open fails here, by name
+        rgb = _upright(_to_rgb(img, _reduce_factor(img.size, shrink_to)), _orientation(img))
     if min(rgb.size) < min_side:
         raise ImageRejected("too_small", f"image is {rgb.width}x{rgb.height}, smaller than {min_side}px on a side")
     if _is_blank(rgb):

@@ -387,6 +387,80 @@ def _decoded_at_exactly(monkeypatch, data: bytes, need: int, size: tuple[int, in
     assert caught.value.reason == "too_costly"
 
 
+def _refused_for_time_just_under(monkeypatch, data: bytes, seconds: float, kind: str, size: tuple[int, int]) -> None:
+    """Kept with a decode-time budget a hair over `seconds`; refused as too costly, by name, a hair under."""
+    monkeypatch.setattr(imaging, "DECODE_BUDGET_S", seconds * (1 + 1e-9))
+    assert open_upright_rgb(data).size == size
+    monkeypatch.setattr(imaging, "DECODE_BUDGET_S", seconds * (1 - 1e-9))
+    with pytest.raises(ImageRejected) as caught:
+        open_upright_rgb(data)
+    assert caught.value.reason == "too_costly"
+    assert str(caught.value).startswith(f"{kind} of {size[0]}x{size[1]} and {len(data):,} bytes would take about "
+                                        f"{seconds:.1f} s to decode, over the ")
+
+
+def test_a_jpegs_decode_time_counts_every_scan_after_the_first(monkeypatch):
+    """0.12 MP: one pass at JPEG_SECONDS_PER_MP, and JPEG_SECONDS_PER_SCAN_MP for each further scan (SOS marker)."""
+    data, _ = _progressive_jpeg_400x300()
+    scans = data.count(b"\xff\xda")
+    assert scans == 10  # Pillow's progressive JPEG: libjpeg's default scan script for 3 components
+    seconds = 0.12 * (imaging.JPEG_SECONDS_PER_MP + imaging.JPEG_SECONDS_PER_SCAN_MP * (scans - 1))
+    _refused_for_time_just_under(monkeypatch, data, seconds, "JPEG", (400, 300))
+
+
+def test_a_jpeg_2000s_decode_time_is_reckoned_at_its_own_rate(monkeypatch):
+    """256x256 at full resolution: 0.065536 MP at J2K_SECONDS_PER_MP[0]."""
+    data = encode(photo((256, 256), 11), "JPEG2000")
+    _refused_for_time_just_under(monkeypatch, data, 0.065536 * imaging.J2K_SECONDS_PER_MP[0], "JPEG2000", (256, 256))
+
+
+def test_a_large_image_is_budgeted_for_the_reduced_copy_it_will_be_turned_into(monkeypatch):
+    """3000x3000 grey (9 MP, over SHRINK_ABOVE_PIXELS) for a caller that uses 256 px: box-reduced 11 times as it
+    is turned into RGB, so the RGB copy is 273x273 (9,000,000 // 121 pixels at 4 bytes), not 9 MP of it."""
+    grey = Image.fromarray((np.add.outer(np.arange(3000), np.arange(3000)) % 256).astype(np.uint8), "L")
+    data = encode(grey, "PNG")
+    need = len(data) + 9_000_000 + 9_000_000 // 121 * 4
+    monkeypatch.setattr(imaging, "MAX_DECODE_BYTES", need)
+    assert open_upright_rgb(data, shrink_to=(256, 256)).size == (273, 273)
+    monkeypatch.setattr(imaging, "MAX_DECODE_BYTES", need - 1)
+    with pytest.raises(ImageRejected) as caught:
+        open_upright_rgb(data, shrink_to=(256, 256))
+    assert (caught.value.reason, str(caught.value)) == (
+        "too_costly", f"PNG of 3000x3000 would need about {need // 1_000_000} MB to decode, over the "
+                      f"{(need - 1) // 1_000_000} MB budget")
+
+
+def test_corrupt_image_data_is_refused_with_the_decoders_words():
+    """A PNG whose compressed pixels are garbage (with a valid checksum): zlib can't inflate them."""
+    data = encode(photo((64, 48), 12), "PNG")
+    at = data.index(b"IDAT")
+    length = int.from_bytes(data[at - 4:at], "big")
+    garbage = bytes(range(256)) * (length // 256 + 1)
+    garbage = garbage[:length]
+    broken = data[:at + 4] + garbage + zlib.crc32(b"IDAT" + garbage).to_bytes(4, "big") + data[at + 8 + length:]
+    with pytest.raises(ImageRejected) as caught:
+        open_upright_rgb(broken)
+    assert (caught.value.reason, str(caught.value)) == (
+        "corrupt", "the image data is corrupt: OSError: broken data stream when reading image file")
+
+
+def test_an_image_given_open_over_the_pixel_cap_is_refused_by_name():
+    with pytest.raises(ImageRejected) as caught:
+        open_upright_rgb(photo((120, 90), 13), max_pixels=10_799)
+    assert (caught.value.reason, str(caught.value)) == ("too_many_pixels",
+                                                        "image is 120x90, over the 10,799-pixel cap")
+    assert open_upright_rgb(photo((120, 90), 13), max_pixels=10_800).size == (120, 90)
+
+
+def test_a_broken_file_given_open_is_refused_not_raised():
+    """Image.open reads pixels only when asked: a file cut short is found out inside open_upright_rgb, and said."""
+    data = encode(photo((120, 90), 14), "PNG")
+    with pytest.raises(ImageRejected) as caught:
+        open_upright_rgb(Image.open(io.BytesIO(data[:len(data) // 2])))
+    assert (caught.value.reason, str(caught.value)) == (
+        "truncated", "the image data is cut short: OSError: image file is truncated")
+
+
 def test_a_grey_png_is_budgeted_at_one_byte_a_pixel_and_its_rgb_copy(monkeypatch):
     """Decoded grey holds 1 byte a pixel; turning it into RGB makes a copy of 4 (Pillow's RGB): 1000x1000 needs the
     file, 1,000,000 and 4,000,000 bytes."""
@@ -766,10 +840,11 @@ def test_tiff_tags_are_counted_by_the_bytes_they_point_at_outside_the_directory(
                                                         "TIFF whose tags point at 101 bytes, more than its 100")
 
 
-def test_a_tiff_with_more_tags_than_any_real_one_is_refused_by_name():
-    entries = b"".join(struct.pack("<HHII", tag, 3, 1, 0) for tag in range(imaging.MAX_TIFF_ENTRIES + 1))
+@pytest.mark.parametrize("order, magic", [("<", b"II*\0"), (">", b"MM\0*")], ids=["little_endian", "big_endian"])
+def test_a_tiff_with_more_tags_than_any_real_one_is_refused_by_name(order, magic):
+    entries = b"".join(struct.pack(order + "HHII", tag, 3, 1, 0) for tag in range(imaging.MAX_TIFF_ENTRIES + 1))
     with pytest.raises(ImageRejected) as caught:
-        open_upright_rgb(b"II*\0" + struct.pack("<IH", 8, imaging.MAX_TIFF_ENTRIES + 1) + entries + bytes(4))
+        open_upright_rgb(magic + struct.pack(order + "IH", 8, imaging.MAX_TIFF_ENTRIES + 1) + entries + bytes(4))
     assert caught.value.reason == "too_costly"
     assert str(caught.value) == "TIFF with 1,001 tags, over 1,000"
 
