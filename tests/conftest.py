@@ -1,5 +1,6 @@
 """Shared fixtures. Every server here listens on 127.0.0.1 only: tests never reach the network."""
 import atexit
+import configparser
 import os
 import shutil
 import tempfile
@@ -26,10 +27,20 @@ SCREENSHOTS = ROOT / "tests" / "artifacts"  # kept after the run (git-ignored) s
 
 
 def pytest_configure(config):
-    """Under mutmut, collect whole test files; pytest_collection_modifyitems then picks the tests to run."""
-    if _mutant_under_test():
+    """Under mutmut, collect whole test files; pytest_collection_modifyitems then picks the tests to run.
+
+    For a mutant of training/, which trains the tiny model again, the files of tests/train/ in setup.cfg's
+    selection too (with its -k), whose tests check what training made: mutmut credits everything the tiny model's
+    fixture did to the one test that first asked for it, which can be a serving test."""
+    mutant = _mutant_under_test()
+    if mutant:
         config.stash[_NAMED] = set(config.args)
-        config.args[:] = sorted({arg.split("::")[0] for arg in config.args})
+        files = {arg.split("::")[0] for arg in config.args}
+        if mutant.startswith("training."):
+            selection, keyword = _mutmut_selection()
+            files |= {name for name in selection if name.startswith("tests/train/")}
+            config.option.keyword = keyword
+        config.args[:] = sorted(files)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -39,14 +50,16 @@ def pytest_collection_modifyitems(config, items):
     recorded them. Work done in a module-scoped fixture is recorded against the first test that asked for
     the fixture only, so a mutant that changes, say, the outcome of the fifth URL of download's shared run
     would be checked by the first route's assertion alone, and survive. The other users of that fixture
-    check what it did too, so they run as well. Outside mutmut this does nothing.
+    check what it did too, so they run as well; so do the tiny model's, for a mutant of training/ (the
+    model it trains again is what they check). Outside mutmut this does nothing.
     """
     named = config.stash.get(_NAMED, None)
     if named is None:
         return
+    retrained = _mutant_under_test().startswith("training.")  # tests/tiny_model.py trains the model again for it
     chosen = [item for item in items if item.nodeid in named or item.nodeid.split("::")[0] in named]
-    shared = set().union(*(_module_fixtures(item) for item in chosen))
-    keep = [item for item in items if item in chosen or shared & _module_fixtures(item)]
+    shared = set().union(*(_shared_fixtures(item, retrained) for item in chosen))
+    keep = [item for item in items if item in chosen or shared & _shared_fixtures(item, retrained)]
     config.hook.pytest_deselected(items=[item for item in items if item not in keep])
     items[:] = keep
 
@@ -54,15 +67,27 @@ def pytest_collection_modifyitems(config, items):
 _NAMED = pytest.StashKey[set]()
 
 
+def _mutmut_selection() -> tuple[list[str], str]:
+    """The test files of setup.cfg's mutmut selection, and its -k expression."""
+    parser = configparser.ConfigParser()
+    parser.read(ROOT / "setup.cfg")
+    args = [line.strip() for line in parser["mutmut"]["pytest_add_cli_args_test_selection"].splitlines()]
+    keyword = args[args.index("-k") + 1] if "-k" in args else ""  # one argument a line
+    return [arg for arg in args if arg.endswith(".py")], keyword
+
+
 def _mutant_under_test() -> str:
     name = os.environ.get("MUTANT_UNDER_TEST", "")  # mutmut's variable; its own runs use other values
     return name if "__mutmut_" in name else ""
 
 
-def _module_fixtures(item) -> set[tuple[str, str]]:
+def _shared_fixtures(item, retrained: bool) -> set[tuple[str, str]]:
+    """The module- and class-scoped fixtures item uses, by file; and the tiny model (session-scoped) where the
+    mutant trains it again, so that every test of what training made checks it, not the first one alone."""
     defs = item._fixtureinfo.name2fixturedefs
-    return {(str(item.path), name) for name in item.fixturenames
-            if defs.get(name) and defs[name][-1].scope in ("module", "class")}
+    shared = {(str(item.path), name) for name in item.fixturenames
+              if defs.get(name) and defs[name][-1].scope in ("module", "class")}
+    return shared | {("session", "tiny_model")} if retrained and "tiny_model" in item.fixturenames else shared
 
 
 @pytest.fixture(scope="session", autouse=True)
