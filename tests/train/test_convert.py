@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 import random
 import shutil
@@ -65,11 +66,14 @@ def test_converted_model_predicts_exactly_like_the_trained_one(converted, tiny_m
         assert list(a.classify(path).values()) == pytest.approx(list(b.classify(path).values()), abs=1e-6)
 
 
-def test_size_can_be_overridden(tiny_model, tmp_path):
+def test_size_can_be_overridden(tiny_model, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="training.train.export")
     config = json.loads((convert(tiny_model.folder / "export.pkl", tmp_path, size=48) / "config.json").read_text())
     assert config["input_size"] == 48
     assert config["preprocess"]["resize"] == 56 and config["preprocess"]["crop"] == 48
     assert Classifier.from_folder(tmp_path).input_size == 48
+    megabytes = (tmp_path / "model.onnx").stat().st_size / 1e6
+    assert f"model.onnx ({megabytes:.1f} MB) agrees with the torch model; config.json lists 3 labels" in caplog.messages
 
 
 @pytest.fixture(scope="module")
