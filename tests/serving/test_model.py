@@ -276,6 +276,61 @@ def test_a_classifier_made_from_a_session_alone_is_float32_and_calls_its_model_m
                               "32]; the two files come from different exports, re-export the model folder")
 
 
+def test_a_model_whose_scores_disagree_with_its_labels_is_named_by_its_path(tiny_model, tmp_path):
+    folder = _copy(tiny_model.folder, tmp_path / "m", "model.onnx", "config.json")
+    _edit_config(folder, labels=["circle", "square"])
+    with pytest.raises(ModelFolderError) as err:
+        Classifier.from_folder(folder)
+    assert str(err.value) == (f"{folder / 'model.onnx'} outputs 3 scores but config.json lists 2 labels; the two files "
+                              "come from different models, re-export the model folder")
+
+
+def test_a_model_onnxruntime_cannot_load_says_how_to_write_it_again(tiny_model, tmp_path):
+    folder = _copy(tiny_model.folder, tmp_path / "m", "config.json")
+    (folder / "model.onnx").write_bytes(b"not onnx")
+    with pytest.raises(ModelFolderError) as err:
+        Classifier.from_folder(folder)
+    assert str(err.value).startswith(f"{folder / 'model.onnx'} is not a model onnxruntime can load (")
+    assert str(err.value).endswith("); re-export the model folder with `python -m training train` or `python -m "
+                                   "training convert`")
+
+
+def test_a_check_that_does_not_fit_a_classifier_without_a_folder_names_the_file_alone(tiny_model, caplog):
+    from serving.novelty import NoveltyCheck
+
+    session = ort.InferenceSession(str(tiny_model.folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    config = json.loads((tiny_model.folder / "config.json").read_text())
+    clf = Classifier(session, config, novelty=NoveltyCheck(bank=np.eye(3, 7, dtype=np.float32), k=1, threshold=0.5))
+    assert clf.novelty is None
+    assert [r.getMessage() for r in caplog.records if r.name == "serving.model"] == [
+        f"serving without the 'none of these' check: {FEATURES_FILE} holds features of 7 values, but model.onnx "
+        "outputs 512; the two come from different models (retrain, or delete config.json's `novelty` section)"]
+
+
+def test_read_config_checks_for_model_onnx_unless_told_otherwise(tiny_model, tmp_path):
+    """What publish, deploy and review call: config.json of a folder that holds model.onnx."""
+    from serving.model import read_config
+    assert read_config(tiny_model.folder) == json.loads((tiny_model.folder / "config.json").read_text())
+    folder = _copy(tiny_model.folder, tmp_path / "m", "config.json", "model.int8.onnx")
+    assert read_config(folder, "model.int8.onnx")["labels"] == ["circle", "square", "triangle"]
+    with pytest.raises(ModelFolderError, match="has no model.onnx"):
+        read_config(folder)
+
+
+def test_labels_in_any_script_load_whatever_the_machines_locale(tiny_model, tmp_path):
+    """config.json is UTF-8 (JSON's own encoding): read as such under an ASCII locale too (a C locale, uncoerced)."""
+    folder = _copy(tiny_model.folder, tmp_path / "m", "model.onnx", "config.json")
+    _edit_config(folder, labels=["cercle", "carré", "三角形"])
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0"}
+    code = ("import json, locale, sys; from serving.model import Classifier; "
+            "print(locale.getpreferredencoding(False)); "
+            "print(json.dumps(Classifier.from_folder(sys.argv[1]).labels))")
+    run = subprocess.run([sys.executable, "-c", code, str(folder)], cwd=REPO, env=env, capture_output=True, text=True,
+                         encoding="utf-8")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == ["ANSI_X3.4-1968", json.dumps(["cercle", "carré", "三角形"])]
+
+
 @pytest.mark.parametrize("precision", ["float32", "int8"])
 def test_the_classifier_says_which_model_it_runs_and_uses_its_threshold(tiny_model, precision):
     clf = Classifier.from_folder(tiny_model.folder, precision=precision)

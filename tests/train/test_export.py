@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import re
 
@@ -152,6 +153,50 @@ def test_resize_rule_table(tfms, size, rule):
 def test_resize_rule_refuses_what_the_app_cannot_reproduce(tfms, size, words):
     with pytest.raises(StageError, match=words):
         resize_rule(tfms, size)
+
+
+def test_resize_rule_says_how_to_retrain_a_padded_learner():
+    with pytest.raises(StageError) as caught:
+        resize_rule([Resize(64, method="pad")], None)
+    assert str(caught.value) == ("the learner uses Resize(method='pad'), which the app does not reproduce; retrain "
+                                 "with method='squish' or 'crop', or with `python -m training train`")
+
+
+def test_resize_rule_without_a_resize_assumes_a_squish_to_the_size_given_and_says_so(caplog):
+    assert resize_rule([], 64) == (64, "squish", 64, "bilinear")
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("WARNING", "no Resize/RandomResizedCrop in the learner's item transforms; assuming a squish to 64px")]
+
+
+@pytest.mark.parametrize("means, stds", [(3, 1), (1, 3), (1, 1)])
+def test_a_normalize_that_is_not_for_three_channels_is_refused(means, stds):
+    from fastai.data.transforms import Normalize
+
+    from training.train.export import _norm_stats
+    norm = Normalize(mean=torch.full((1, means, 1, 1), 0.5), std=torch.full((1, stds, 1, 1), 0.25))
+    with pytest.raises(StageError) as caught:
+        _norm_stats([norm])
+    assert str(caught.value) == (f"the learner's Normalize has {means} means and {stds} standard deviations; the app "
+                                 "serves RGB images, which need 3 of each")
+
+
+def test_features_are_read_before_the_last_linear_layer():
+    from training.train.export import _last_linear
+    head = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU(), torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    assert _last_linear(head) == "3"
+    with pytest.raises(StageError) as caught:
+        _last_linear(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten()))
+    assert str(caught.value) == ("the model has no linear layer to read features before; the app needs a classifier "
+                                 "that ends in one (every fastai vision_learner and timm model does)")
+
+
+def test_the_onnx_export_keeps_the_exporters_pass_by_pass_log_quiet(learn, tmp_path, caplog):
+    """onnxscript logs each optimiser pass at INFO; a `train` run shows INFO lines, so they are held to warnings."""
+    from training.train.export import write_onnx
+    caplog.set_level(logging.INFO)
+    write_onnx(learn.model, tmp_path / "model.onnx", 64)
+    assert [r for r in caplog.records if r.name.split(".")[0] in ("onnxscript", "onnx_ir")] == []
+    assert logging.getLogger("onnxscript").level == logging.NOTSET  # as it was before the export
 
 
 def test_a_timm_arch_trains_exports_and_matches_learn_predict(tiny_model, tmp_path):

@@ -114,7 +114,8 @@ def _norm_stats(tfms: list) -> tuple[list[float], list[float]]:
     mean = norms[0].mean.detach().float().cpu().flatten().tolist()
     std = norms[0].std.detach().float().cpu().flatten().tolist()
     if len(mean) != 3 or len(std) != 3:
-        raise StageError(f"the learner's Normalize has {len(mean)} channels; the app serves RGB (3) images")
+        raise StageError(f"the learner's Normalize has {len(mean)} means and {len(std)} standard deviations; the app "
+                         "serves RGB images, which need 3 of each")
     return mean, std
 
 
