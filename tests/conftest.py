@@ -19,7 +19,7 @@ from playwright.sync_api import sync_playwright  # noqa: E402
 
 from tests.image_server import ImageServer  # noqa: E402
 from tests.live_app import ROOT  # noqa: E402
-from tests.tiny_model import tiny_model  # noqa: E402,F401  (the session's one trained tiny model)
+from tests.tiny_model import tiny_model, trains_its_own_model  # noqa: E402,F401  (tiny_model: the session's one)
 
 # Debian's Chromium, driven by Playwright (never `playwright install`: it downloads a browser).
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -36,7 +36,7 @@ def pytest_configure(config):
     if mutant:
         config.stash[_NAMED] = set(config.args)
         files = {arg.split("::")[0] for arg in config.args}
-        if mutant.startswith("training."):
+        if trains_its_own_model(mutant):
             selection, keyword = _mutmut_selection()
             files |= {name for name in selection if name.startswith("tests/train/")}
             config.option.keyword = keyword
@@ -56,7 +56,7 @@ def pytest_collection_modifyitems(config, items):
     named = config.stash.get(_NAMED, None)
     if named is None:
         return
-    retrained = _mutant_under_test().startswith("training.")  # tests/tiny_model.py trains the model again for it
+    retrained = trains_its_own_model(_mutant_under_test())
     chosen = [item for item in items if item.nodeid in named or item.nodeid.split("::")[0] in named]
     shared = set().union(*(_shared_fixtures(item, retrained) for item in chosen))
     keep = [item for item in items if item in chosen or shared & _shared_fixtures(item, retrained)]

@@ -114,6 +114,12 @@ def tiny_model(tmp_path_factory) -> TinyModel:
     return model
 
 
+def trains_its_own_model(mutant: str) -> bool:
+    """Whether a mutmut session with MUTANT_UNDER_TEST `mutant` trains the tiny model rather than reuse the run's:
+    a mutant of training/ changes what training makes."""
+    return mutant.startswith("training.")
+
+
 def _mutation_cache() -> Path | None:
     """Where a mutation run keeps one tiny model for all its mutants (docs/mutation.md); None otherwise.
 
@@ -126,7 +132,7 @@ def _mutation_cache() -> Path | None:
     if "MUTANT_UNDER_TEST" not in os.environ:  # set by mutmut in every session it runs, empty when no mutant is
         return None
     mutant = os.environ["MUTANT_UNDER_TEST"]
-    if mutant.startswith("training."):
+    if trains_its_own_model(mutant):
         return None
     # Keyed by the code that trains it, so that a run after a change never meets an old model.
     code = sorted(Path.cwd().glob("training/**/*.py")) + sorted(Path.cwd().glob("serving/**/*.py"))
