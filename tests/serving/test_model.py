@@ -265,8 +265,7 @@ def test_a_model_whose_input_disagrees_with_config_is_named_by_its_path(tiny_mod
 
 def test_a_classifier_made_from_a_session_alone_is_float32_and_calls_its_model_model_onnx(tiny_model):
     """Classifier(session, config) without a folder: no novelty check, and errors name the file as model.onnx."""
-    session = ort.InferenceSession(str(tiny_model.folder / "model.onnx"), providers=["CPUExecutionProvider"])
-    config = json.loads((tiny_model.folder / "config.json").read_text())
+    session, config = _bare_session_and_config(tiny_model.folder)
     clf = Classifier(session, config)
     assert (clf.precision, clf.novelty, clf.folder) == ("float32", None, None)
     config["preprocess"]["crop"] = 32
@@ -298,8 +297,7 @@ def test_a_model_onnxruntime_cannot_load_says_how_to_write_it_again(tiny_model, 
 def test_a_check_that_does_not_fit_a_classifier_without_a_folder_names_the_file_alone(tiny_model, caplog):
     from serving.novelty import NoveltyCheck
 
-    session = ort.InferenceSession(str(tiny_model.folder / "model.onnx"), providers=["CPUExecutionProvider"])
-    config = json.loads((tiny_model.folder / "config.json").read_text())
+    session, config = _bare_session_and_config(tiny_model.folder)
     clf = Classifier(session, config, novelty=NoveltyCheck(bank=np.eye(3, 7, dtype=np.float32), k=1, threshold=0.5))
     assert clf.novelty is None
     assert [r.getMessage() for r in caplog.records if r.name == "serving.model"] == [
@@ -393,6 +391,12 @@ def test_a_model_without_a_features_output_serves_without_the_check_and_says_why
         "but model.onnx has no features output; the two come from different models (retrain, or delete "
         "config.json's `novelty` section)",
         f"loaded {folder / 'model.onnx'}: 3 labels, 64px input, float32, no novelty check"]
+
+
+def _bare_session_and_config(folder: Path) -> tuple[ort.InferenceSession, dict]:
+    """The folder's model.onnx opened by onnxruntime directly, and its config.json: a Classifier's own parts."""
+    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    return session, json.loads((folder / "config.json").read_text())
 
 
 def _spec(**changes) -> dict:
